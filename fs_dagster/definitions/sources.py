@@ -1,0 +1,274 @@
+"""Data sources a streaming feature set reads: Kafka topics and directories of files.
+
+Sources are plain, validated data objects. Constructing one registers it under its name
+in the default :class:`SourceRegistry`, so a feature set can name it in
+``data_sources=["transactions"]`` as in the JFrog ML API; a source object can be passed
+too.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from fs_dagster.definitions.errors import FeatureSetDefinitionError
+from fs_dagster.definitions.names import identifier_problem
+from fs_dagster.definitions.secrets import Secret, SecretLike, as_secret
+
+__all__ = [
+    "KAFKA_METADATA_COLUMNS",
+    "DataSource",
+    "FileSource",
+    "KafkaSource",
+    "SaslAuth",
+    "SourceRegistry",
+    "SslAuth",
+    "default_sources",
+]
+
+#: Columns a Kafka source adds next to the parsed value columns (a value column of the
+#: same name wins).
+KAFKA_METADATA_COLUMNS: tuple[str, ...] = ("key", "topic", "partition", "offset", "timestamp")
+
+KafkaValueFormat = Literal["json"]
+FileFormat = Literal["json", "csv", "parquet"]
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class SaslAuth:
+    """SASL authentication to Kafka (``PLAIN`` or ``SCRAM``), over TLS by default.
+
+    Attributes:
+        username: SASL user.
+        password: the password, a :class:`Secret` (``Secret.from_env("KAFKA_PASSWORD")``)
+            or a plain string; never printed.
+        mechanism: ``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``.
+        ssl: ``True`` for ``SASL_SSL``, ``False`` for ``SASL_PLAINTEXT``.
+        ca_location: CA bundle to verify the brokers (PEM path) when ``ssl`` is on.
+    """
+
+    username: str
+    password: SecretLike
+    mechanism: str = "PLAIN"
+    ssl: bool = True
+    ca_location: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "password", as_secret(self.password))
+        if self.mechanism not in _SASL_MECHANISMS:
+            raise FeatureSetDefinitionError(
+                None,
+                "auth.mechanism",
+                f"'{self.mechanism}' is not supported; use one of {', '.join(_SASL_MECHANISMS)}",
+                kind="Kafka source",
+            )
+
+    @property
+    def secret(self) -> Secret:
+        """The password as a :class:`Secret`."""
+        assert isinstance(self.password, Secret)
+        return self.password
+
+
+@dataclass(frozen=True)
+class SslAuth:
+    """TLS to Kafka, optionally with a client certificate (mutual TLS).
+
+    Attributes:
+        ca_location: CA bundle (PEM) that signs the brokers' certificates.
+        certificate_location: client certificate (PEM) for mutual TLS.
+        key_location: client private key (PEM).
+        key_password: password of the private key; never printed.
+    """
+
+    ca_location: str | None = None
+    certificate_location: str | None = None
+    key_location: str | None = None
+    key_password: SecretLike | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_password", as_secret(self.key_password))
+
+
+KafkaAuth = SaslAuth | SslAuth
+
+
+def _check_name(name: object, kind: str) -> None:
+    problem = identifier_problem(name, "source name")
+    if problem:
+        shown = name if isinstance(name, str) else None
+        raise FeatureSetDefinitionError(shown, "name", problem, kind=kind)
+
+
+def _check_schema(name: str, schema: object, kind: str) -> None:
+    if not isinstance(schema, str) or not schema.strip():
+        raise FeatureSetDefinitionError(
+            name,
+            "schema",
+            "expected a Spark DDL string such as 'user_id STRING, amount DOUBLE, ts TIMESTAMP'",
+            kind=kind,
+        )
+
+
+@dataclass(frozen=True)
+class KafkaSource:
+    """A Kafka topic (or topics, or a topic pattern) of JSON records.
+
+    The transformation sees the parsed value columns and, beside them, the Kafka metadata
+    columns ``key``, ``topic``, ``partition``, ``offset`` and ``timestamp``.
+
+    Example:
+        >>> KafkaSource(name="transactions", bootstrap_servers="127.0.0.1:9092",
+        ...             topic="transactions", schema="user_id STRING, amount DOUBLE, ts TIMESTAMP")
+        ... # doctest: +ELLIPSIS
+        KafkaSource(name='transactions', ...)
+
+    Attributes:
+        name: the name the transformation's SQL reads the source by.
+        bootstrap_servers: ``host:port[,host:port...]``.
+        topic: one topic; or ``topics`` (several) or ``topic_pattern`` (a regex):
+            exactly one of the three.
+        value_format: ``json`` (the record value is one JSON object).
+        schema: the value's schema as a Spark DDL string.
+        starting_offsets: where a new checkpoint starts: ``earliest``, ``latest`` or
+            Spark's JSON offsets.
+        auth: :class:`SaslAuth` or :class:`SslAuth`, or ``None`` for plaintext.
+        options: further Spark Kafka source options (``kafka.*`` client settings,
+            ``maxOffsetsPerTrigger``, ...).
+    """
+
+    name: str
+    bootstrap_servers: str
+    schema: str
+    topic: str | None = None
+    topics: Sequence[str] | None = None
+    topic_pattern: str | None = None
+    value_format: KafkaValueFormat = "json"
+    starting_offsets: str = "earliest"
+    auth: KafkaAuth | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kind = "Kafka source"
+        _check_name(self.name, kind)
+        chosen = [n for n in ("topic", "topics", "topic_pattern") if getattr(self, n)]
+        if len(chosen) != 1:
+            got = f"got {', '.join(chosen)}" if chosen else "got none"
+            raise FeatureSetDefinitionError(
+                self.name,
+                "topic",
+                f"give exactly one of topic, topics or topic_pattern ({got})",
+                kind=kind,
+            )
+        if self.topics is not None:
+            if isinstance(self.topics, str):
+                raise FeatureSetDefinitionError(
+                    self.name, "topics", "expected a list of topic names, got a string", kind=kind
+                )
+            object.__setattr__(self, "topics", tuple(self.topics))
+        if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
+            raise FeatureSetDefinitionError(
+                self.name, "bootstrap_servers", "expected 'host:port[,host:port...]'", kind=kind
+            )
+        if self.value_format != "json":
+            raise FeatureSetDefinitionError(
+                self.name,
+                "value_format",
+                f"'{self.value_format}' is not supported; use 'json'",
+                kind=kind,
+            )
+        _check_schema(self.name, self.schema, kind)
+        if self.auth is not None and not isinstance(self.auth, SaslAuth | SslAuth):
+            raise FeatureSetDefinitionError(
+                self.name, "auth", "expected SaslAuth, SslAuth or None", kind=kind
+            )
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        default_sources.register(self)
+
+    @property
+    def subscription(self) -> tuple[str, str]:
+        """The Spark subscription option and its value (``subscribe``/``subscribePattern``)."""
+        if self.topic_pattern:
+            return "subscribePattern", self.topic_pattern
+        return "subscribe", self.topic if self.topic else ",".join(self.topics or ())
+
+    @property
+    def topic_names(self) -> tuple[str, ...]:
+        """The topics named literally (empty for a pattern)."""
+        if self.topic:
+            return (self.topic,)
+        return tuple(self.topics or ())
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A directory whose new files are read as a stream: the embedded default source.
+
+    Each file dropped into ``path`` is read once. Write files atomically (write under a
+    temporary name outside the directory, or with a leading ``.`` or ``_``, then rename),
+    because Spark ignores hidden files and reads the others as soon as it lists them.
+
+    Attributes:
+        name: the name the transformation's SQL reads the source by.
+        path: directory (local path or ``s3a://`` URL).
+        format: ``json`` (one object per line), ``csv`` (with a header) or ``parquet``.
+        schema: record schema as a Spark DDL string.
+        options: further Spark reader options.
+    """
+
+    name: str
+    path: str
+    schema: str
+    format: FileFormat = "json"
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kind = "file source"
+        _check_name(self.name, kind)
+        if not isinstance(self.path, str) or not self.path:
+            raise FeatureSetDefinitionError(self.name, "path", "expected a directory", kind=kind)
+        if self.format not in ("json", "csv", "parquet"):
+            raise FeatureSetDefinitionError(
+                self.name,
+                "format",
+                f"'{self.format}' is not supported; use json, csv or parquet",
+                kind=kind,
+            )
+        _check_schema(self.name, self.schema, kind)
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        default_sources.register(self)
+
+
+DataSource = KafkaSource | FileSource
+
+
+class SourceRegistry:
+    """Sources by name. A source registered again under the same name replaces the old one;
+    feature sets keep the source object they resolved when they were declared."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, DataSource] = {}
+        self._lock = threading.Lock()
+
+    def register(self, source: DataSource) -> None:
+        """Add ``source`` under its name."""
+        with self._lock:
+            self._sources[source.name] = source
+
+    def get(self, name: str) -> DataSource | None:
+        """The source named ``name``, or ``None``."""
+        return self._sources.get(name)
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._sources)
+
+    def __iter__(self) -> Iterator[DataSource]:
+        return iter(list(self._sources.values()))
+
+
+default_sources = SourceRegistry()

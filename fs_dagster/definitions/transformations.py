@@ -1,0 +1,93 @@
+"""Row-level transformations: Spark SQL (optionally with pandas UDFs) or one pandas UDF."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fs_dagster.definitions.names import identifier_problem
+from fs_dagster.definitions.schema import Schema
+
+__all__ = [
+    "PandasUdf",
+    "SparkSqlTransformation",
+    "Transformation",
+    "UdfTransformation",
+    "pandas_udf",
+]
+
+
+@dataclass(frozen=True)
+class PandasUdf:
+    """A pandas function with a declared output schema.
+
+    Inside :class:`SparkSqlTransformation` it is a scalar function called by ``name`` in
+    the SQL: it receives one ``pandas.Series`` per argument and returns a ``Series`` (one
+    output column) or a ``DataFrame`` (several columns, seen in SQL as a struct).
+    Inside :class:`UdfTransformation` it receives a whole ``pandas.DataFrame`` of source
+    rows and returns a ``DataFrame`` with exactly the output schema's columns.
+    """
+
+    function: Callable[..., Any]
+    output_schema: Schema
+    name: str
+
+
+def pandas_udf(
+    output_schema: Schema, name: str | None = None
+) -> Callable[[Callable[..., Any]], PandasUdf]:
+    """Declare a pandas function and the schema of what it returns.
+
+    Example:
+        >>> @pandas_udf(output_schema=Schema([Column(name="cents", type=Type.long)]))
+        ... def to_cents(amount: pd.Series) -> pd.Series:
+        ...     return (amount * 100).round().astype("int64")
+        >>> SparkSqlTransformation("SELECT user_id, to_cents(amount) AS cents, ts FROM tx",
+        ...                        functions=[to_cents])  # doctest: +SKIP
+    """
+
+    def wrap(function: Callable[..., Any]) -> PandasUdf:
+        if not isinstance(output_schema, Schema) or not output_schema.columns:
+            raise TypeError(
+                f"pandas_udf '{getattr(function, '__name__', function)}': output_schema must "
+                "be a Schema with at least one Column"
+            )
+        udf_name = name or function.__name__
+        problem = identifier_problem(udf_name, "function name")
+        if problem:
+            raise TypeError(f"pandas_udf: {problem}")
+        return PandasUdf(function=function, output_schema=output_schema, name=udf_name)
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class SparkSqlTransformation:
+    """A Spark SQL query over the feature set's sources, each read by its name.
+
+    Attributes:
+        sql: one ``SELECT`` statement; it must produce the key and timestamp columns.
+        functions: pandas UDFs the SQL calls by name.
+    """
+
+    sql: str
+    functions: Sequence[PandasUdf] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "functions", tuple(self.functions))
+
+
+@dataclass(frozen=True)
+class UdfTransformation:
+    """A whole-DataFrame pandas function applied to the feature set's one source.
+
+    The function gets a ``pandas.DataFrame`` of source rows (value columns and, for Kafka,
+    the metadata columns) and returns rows with exactly its ``output_schema``, which must
+    include the key and timestamp columns.
+    """
+
+    function: PandasUdf
+
+
+Transformation = SparkSqlTransformation | UdfTransformation

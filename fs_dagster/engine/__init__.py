@@ -1,0 +1,1 @@
+"""Layer 3: Spark. Reading sources, applying transformations, running the pipelines."""

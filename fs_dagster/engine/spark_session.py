@@ -1,0 +1,140 @@
+"""Building the one Spark session the engine runs on.
+
+Everything that configures Spark for fs-dagster lives here: connector jars, Delta Lake,
+s3a pointed at any S3-compatible endpoint, and the settings that make event-time work
+predictable (UTC session time zone). The Dagster resource and the tests both call
+:func:`create_spark_session`, so a run and a test see the same Spark.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pyspark.sql import SparkSession
+
+__all__ = ["S3Settings", "SparkSettings", "create_spark_session", "spark_conf"]
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How s3a reaches the offline store's object storage.
+
+    Attributes:
+        endpoint: URL of an S3-compatible server (for example ``http://127.0.0.1:9000``);
+            ``None`` for AWS S3 itself.
+        access_key: access key id; ``None`` to use the default AWS credential chain.
+        secret_key: secret access key. Never logged.
+        region: signing region.
+        path_style: path-style addressing, which most non-AWS servers need.
+    """
+
+    endpoint: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    region: str = "us-east-1"
+    path_style: bool = True
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """Settings of the Spark session fs-dagster runs on.
+
+    Attributes:
+        master: Spark master URL; ``local[*]`` runs in-process.
+        app_name: application name shown in the Spark UI.
+        jars: absolute paths of extra connector jars (Kafka source and sink, s3a and its
+            AWS SDK, Delta). ``scripts/services.sh spark-jars`` prints the list.
+        s3: s3a settings, or ``None`` when the offline store is a local path.
+        shuffle_partitions: ``spark.sql.shuffle.partitions``; small by default because
+            feature micro-batches are small.
+        ui_enabled: whether to start the Spark web UI.
+        conf: any further Spark settings; they win over the ones derived above.
+    """
+
+    master: str = "local[*]"
+    app_name: str = "fs-dagster"
+    jars: tuple[str, ...] = ()
+    s3: S3Settings | None = None
+    shuffle_partitions: int = 4
+    ui_enabled: bool = False
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+
+def spark_conf(settings: SparkSettings) -> dict[str, str]:
+    """Return the Spark configuration derived from ``settings``.
+
+    Kept separate from :func:`create_spark_session` so that a Dagster ``PySparkResource``
+    can be given the same configuration.
+    """
+    conf: dict[str, str] = {
+        "spark.master": settings.master,
+        "spark.app.name": settings.app_name,
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
+        # Delta rebuilds table state with this many tasks (default 50): far too many for
+        # feature tables read at every micro-batch.
+        "spark.databricks.delta.snapshotPartitions": str(settings.shuffle_partitions),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.ui.enabled": str(settings.ui_enabled).lower(),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        # Secrets in the environment tab of the UI and in logs are redacted by this pattern.
+        "spark.redaction.regex": "(?i)secret|password|token|access[.]key|sasl[.]jaas",
+        "spark.driver.extraJavaOptions": "-Dio.netty.tryReflectionSetAccessible=true",
+    }
+    if settings.master.startswith("local"):
+        # Local Python workers must use the driver's interpreter (its virtualenv has
+        # pandas and pyarrow); on a cluster the executors' Python is the cluster's.
+        conf["spark.executorEnv.PYSPARK_PYTHON"] = sys.executable
+    if settings.jars:
+        conf["spark.jars"] = ",".join(settings.jars)
+    if settings.s3 is not None:
+        conf.update(_s3a_conf(settings.s3))
+    conf.update(settings.conf)
+    return conf
+
+
+def _s3a_conf(s3: S3Settings) -> dict[str, str]:
+    prefix = "spark.hadoop.fs.s3a."
+    conf = {
+        "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        prefix + "path.style.access": str(s3.path_style).lower(),
+        prefix + "endpoint.region": s3.region,
+        prefix + "change.detection.mode": "none",
+    }
+    if s3.endpoint:
+        conf[prefix + "endpoint"] = s3.endpoint
+        conf[prefix + "connection.ssl.enabled"] = str(s3.endpoint.startswith("https")).lower()
+    if s3.access_key and s3.secret_key:
+        conf[prefix + "access.key"] = s3.access_key
+        conf[prefix + "secret.key"] = s3.secret_key
+        conf[prefix + "aws.credentials.provider"] = (
+            "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+        )
+    return conf
+
+
+def create_spark_session(settings: SparkSettings) -> SparkSession:
+    """Create (or return the running) Spark session configured by ``settings``.
+
+    Spark allows one active session per driver process; when one is already running its
+    runtime-settable options are updated, and static options (jars, master) stay as
+    first set.
+
+    Example:
+        >>> spark = create_spark_session(SparkSettings(master="local[2]"))  # doctest: +SKIP
+    """
+    if settings.master.startswith("local"):
+        # pyspark picks the worker interpreter from this variable when the context starts.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in spark_conf(settings).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session

@@ -1,0 +1,161 @@
+"""The online store interface and the column encoding every store shares.
+
+The engine hands a store *encoded* rows: plain Python values, with every timestamp as
+microseconds since the epoch (UTC) and nested values as JSON text. That keeps event-time
+precision in stores whose timestamp type has milliseconds (Cassandra), and keeps the
+Python worker's local time zone out of the data.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+import pandas as pd
+
+__all__ = [
+    "EVENT_MICROS_COLUMN",
+    "ColumnKind",
+    "OnlineColumn",
+    "OnlineStore",
+    "OnlineTable",
+    "now_micros",
+]
+
+#: Event time of the stored vector, in microseconds; compared on every upsert.
+EVENT_MICROS_COLUMN = "__fs_event_micros"
+
+ColumnKind = Literal[
+    "string",
+    "long",
+    "int",
+    "double",
+    "float",
+    "boolean",
+    "timestamp",
+    "date",
+    "binary",
+    "json",
+    "decimal",
+]
+
+
+def now_micros() -> int:
+    """Wall-clock time in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class OnlineColumn:
+    """A column of an online table: its name and how its values are encoded."""
+
+    name: str
+    kind: ColumnKind
+
+
+@dataclass(frozen=True)
+class OnlineTable:
+    """The layout of one feature set's online table.
+
+    Attributes:
+        name: table name (the feature set's storage name).
+        keys: key columns.
+        features: feature columns, in output order.
+        timestamp_column: name under which the event time is returned on reads.
+        ttl_seconds: values older than this (by event time) are not served.
+    """
+
+    name: str
+    keys: tuple[OnlineColumn, ...]
+    features: tuple[OnlineColumn, ...]
+    timestamp_column: str
+    ttl_seconds: float | None = None
+
+    @property
+    def key_names(self) -> list[str]:
+        """Key column names."""
+        return [c.name for c in self.keys]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature column names."""
+        return [c.name for c in self.features]
+
+    def decode(
+        self, rows: Sequence[Mapping[str, Any] | None], keys: Sequence[tuple[Any, ...]]
+    ) -> pd.DataFrame:
+        """Build the read result: one row per requested key, in order; nulls when absent.
+
+        Absent means never written, or older than the TTL by event time.
+        """
+        cutoff = None if self.ttl_seconds is None else now_micros() - int(self.ttl_seconds * 1e6)
+        records: list[dict[str, Any]] = []
+        for key, row in zip(keys, rows, strict=True):
+            record: dict[str, Any] = dict(zip(self.key_names, key, strict=True))
+            fresh = row is not None and (cutoff is None or row[EVENT_MICROS_COLUMN] >= cutoff)
+            record[self.timestamp_column] = row[EVENT_MICROS_COLUMN] if fresh and row else None
+            for column in self.features:
+                record[column.name] = row.get(column.name) if fresh and row else None
+            records.append(record)
+        columns = [*self.key_names, self.timestamp_column, *self.feature_names]
+        frame = pd.DataFrame.from_records(records, columns=columns)
+        frame[self.timestamp_column] = pd.to_datetime(frame[self.timestamp_column], unit="us")
+        for column in self.features:
+            if column.kind == "timestamp":
+                frame[column.name] = pd.to_datetime(frame[column.name], unit="us")
+            elif column.kind in ("long", "int"):
+                frame[column.name] = frame[column.name].astype("Int64")
+            elif column.kind == "boolean":
+                frame[column.name] = frame[column.name].astype("boolean")
+            elif column.kind == "date":
+                frame[column.name] = frame[column.name].map(_as_date)
+        return frame
+
+
+def _as_date(value: Any) -> Any:
+    if value is None or isinstance(value, date):
+        return value
+    if hasattr(value, "date"):
+        return value.date()
+    return date.fromisoformat(str(value))
+
+
+class OnlineStore(ABC):
+    """Keeps the latest feature vector per key, by event time.
+
+    Implementations must be picklable (configuration only; connections opened lazily),
+    because Spark ships them to the Python workers that write partitions.
+    """
+
+    @abstractmethod
+    def ensure_table(self, table: OnlineTable) -> None:
+        """Create the table if it does not exist, and add missing feature columns."""
+
+    @abstractmethod
+    def write(self, table: OnlineTable, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Upsert encoded rows; a row older (by event time) than the stored one is ignored.
+
+        Each row holds the key columns, :data:`EVENT_MICROS_COLUMN` and the features.
+        Returns the number of rows sent.
+        """
+
+    @abstractmethod
+    def read_rows(
+        self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]
+    ) -> list[dict[str, Any] | None]:
+        """The stored rows for ``keys`` (``None`` where there is none), in order."""
+
+    def read(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
+        """The latest feature vectors for ``keys`` as a DataFrame, one row per key."""
+        return table.decode(self.read_rows(table, keys), keys)
+
+    def close(self) -> None:  # noqa: B027 - optional for stores without connections
+        """Release connections held by this process."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, str]:
+        """Non-secret facts for Dagster metadata (kind, location)."""

@@ -1,0 +1,259 @@
+"""The production online store: Cassandra, one table per feature set.
+
+Every upsert is written ``USING TIMESTAMP <event time in microseconds>``, so Cassandra's
+own last-write-wins keeps the vector with the newest *event* time: a late, older event
+never overwrites a newer value, and a replayed micro-batch rewrites identical cells.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from fs_dagster.definitions.secrets import Secret, SecretLike, as_secret
+from fs_dagster.stores.online.base import (
+    EVENT_MICROS_COLUMN,
+    ColumnKind,
+    OnlineStore,
+    OnlineTable,
+    now_micros,
+)
+
+__all__ = ["CassandraOnlineStore"]
+
+_CQL_TYPES: dict[ColumnKind, str] = {
+    "string": "text",
+    "long": "bigint",
+    "int": "int",
+    "double": "double",
+    "float": "float",
+    "boolean": "boolean",
+    "timestamp": "bigint",
+    "date": "date",
+    "binary": "blob",
+    "json": "text",
+    "decimal": "text",
+}
+
+# One driver session per process and configuration: Spark's Python workers are reused
+# across tasks, so partitions of later batches share the connection.
+_SESSIONS: dict[tuple[Any, ...], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class CassandraOnlineStore(OnlineStore):
+    """Online store in Cassandra.
+
+    Creates the keyspace (with the given replication) and the tables idempotently, and
+    uses prepared statements for every read and write.
+
+    Args:
+        hosts: contact points.
+        port: native protocol port.
+        keyspace: keyspace of the feature tables.
+        username: user for ``PasswordAuthenticator``; ``None`` for no authentication.
+        password: the password, a :class:`~fs_dagster.Secret` or a string; never printed.
+        replication: the keyspace's replication map, used only when creating it.
+        consistency: consistency level name for reads and writes.
+        concurrency: requests in flight per writer.
+
+    Example:
+        >>> store = CassandraOnlineStore(hosts=["127.0.0.1"], keyspace="features")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[str] = ("127.0.0.1",),
+        *,
+        port: int = 9042,
+        keyspace: str = "fs_dagster",
+        username: str | None = None,
+        password: SecretLike | None = None,
+        replication: Mapping[str, Any] | None = None,
+        consistency: str = "LOCAL_QUORUM",
+        concurrency: int = 64,
+    ):
+        self.hosts = tuple(hosts)
+        self.port = port
+        self.keyspace = keyspace
+        self.username = username
+        self.password: Secret | None = as_secret(password)
+        self.replication = dict(replication or {"class": "SimpleStrategy", "replication_factor": 1})
+        self.consistency = consistency
+        self.concurrency = concurrency
+        self._prepared: dict[tuple[str, str], Any] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"CassandraOnlineStore(hosts={list(self.hosts)}, port={self.port}, "
+            f"keyspace={self.keyspace!r}, username={self.username!r})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_prepared"] = {}
+        return state
+
+    def _session(self) -> Any:
+        key = (self.hosts, self.port, self.username, self.keyspace)
+        with _SESSIONS_LOCK:
+            session = _SESSIONS.get(key)
+            if session is not None and not session.is_shutdown:
+                return session
+            from cassandra import ConsistencyLevel
+            from cassandra.auth import PlainTextAuthProvider
+            from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+            from cassandra.policies import RoundRobinPolicy
+
+            auth = None
+            if self.username is not None:
+                secret = self.password.get() if self.password is not None else ""
+                auth = PlainTextAuthProvider(username=self.username, password=secret)
+            profile = ExecutionProfile(
+                load_balancing_policy=RoundRobinPolicy(),
+                consistency_level=getattr(ConsistencyLevel, self.consistency),
+                request_timeout=30,
+            )
+            cluster = Cluster(
+                list(self.hosts),
+                port=self.port,
+                auth_provider=auth,
+                execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+                protocol_version=5,
+            )
+            session = cluster.connect()
+            _SESSIONS[key] = session
+            return session
+
+    def _statement(self, table: OnlineTable, kind: str, cql: str) -> Any:
+        cache_key = (table.name, kind)
+        prepared = self._prepared.get(cache_key)
+        if prepared is None:
+            prepared = self._session().prepare(cql)
+            self._prepared[cache_key] = prepared
+        return prepared
+
+    def _table(self, table: OnlineTable) -> str:
+        return f"{_quote(self.keyspace)}.{_quote(table.name)}"
+
+    def ensure_keyspace(self) -> None:
+        """Create the keyspace with the configured replication if it does not exist."""
+        options = ", ".join(
+            f"'{k}': {v!r}" if isinstance(v, str) else f"'{k}': {v}"
+            for k, v in self.replication.items()
+        )
+        self._session().execute(
+            f"CREATE KEYSPACE IF NOT EXISTS {_quote(self.keyspace)} "
+            f"WITH replication = {{{options}}}"
+        )
+
+    def ensure_table(self, table: OnlineTable) -> None:
+        """Create the keyspace and table if missing; add missing feature columns."""
+        self.ensure_keyspace()
+        session = self._session()
+        columns = [
+            *(f"{_quote(c.name)} {_CQL_TYPES[c.kind]}" for c in table.keys),
+            f"{_quote(EVENT_MICROS_COLUMN)} bigint",
+            *(f"{_quote(c.name)} {_CQL_TYPES[c.kind]}" for c in table.features),
+        ]
+        keys = ", ".join(_quote(c.name) for c in table.keys)
+        session.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._table(table)} "
+            f"({', '.join(columns)}, PRIMARY KEY (({keys})))"
+        )
+        existing = {
+            row.column_name
+            for row in session.execute(
+                "SELECT column_name FROM system_schema.columns "
+                "WHERE keyspace_name = %s AND table_name = %s",
+                (self.keyspace, table.name),
+            )
+        }
+        for column in table.features:
+            if column.name not in existing:
+                session.execute(
+                    f"ALTER TABLE {self._table(table)} ADD {_quote(column.name)} "
+                    f"{_CQL_TYPES[column.kind]}"
+                )
+        self._prepared.clear()
+
+    def write(self, table: OnlineTable, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Upsert rows concurrently, each at its event time (and remaining TTL)."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        names = [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
+        cql = (
+            f"INSERT INTO {self._table(table)} ({', '.join(_quote(n) for n in names)}) "
+            f"VALUES ({', '.join('?' for _ in names)}) USING TIMESTAMP ? AND TTL ?"
+        )
+        statement = self._statement(table, "write", cql)
+        now = now_micros()
+        args: list[tuple[Any, ...]] = []
+        for row in rows:
+            event = int(row[EVENT_MICROS_COLUMN])
+            ttl = 0
+            if table.ttl_seconds is not None:
+                # Expire by event time: what remains of the TTL when the row arrives.
+                ttl = int(table.ttl_seconds - (now - event) / 1e6)
+                if ttl <= 0:
+                    continue
+            args.append((*(row.get(n) for n in names), event, ttl))
+        if not args:
+            return 0
+        results = execute_concurrent_with_args(
+            self._session(),
+            statement,
+            args,
+            concurrency=self.concurrency,
+            raise_on_first_error=True,
+        )
+        del results
+        return len(args)
+
+    def read_rows(
+        self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]
+    ) -> list[dict[str, Any] | None]:
+        """Stored rows for ``keys``, read concurrently, in order."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        names = [EVENT_MICROS_COLUMN, *table.feature_names]
+        where = " AND ".join(f"{_quote(n)} = ?" for n in table.key_names)
+        cql = (
+            f"SELECT {', '.join(_quote(n) for n in names)} FROM {self._table(table)} WHERE {where}"
+        )
+        statement = self._statement(table, "read", cql)
+        results = execute_concurrent_with_args(
+            self._session(),
+            statement,
+            [tuple(k) for k in keys],
+            concurrency=self.concurrency,
+            raise_on_first_error=True,
+        )
+        rows: list[dict[str, Any] | None] = []
+        for _success, result in results:
+            first = result.one()
+            rows.append(None if first is None else dict(zip(names, first, strict=True)))
+        return rows
+
+    def close(self) -> None:
+        """Shut down this process's cluster connection for this configuration."""
+        key = (self.hosts, self.port, self.username, self.keyspace)
+        with _SESSIONS_LOCK:
+            session = _SESSIONS.pop(key, None)
+        if session is not None:
+            session.cluster.shutdown()
+        self._prepared.clear()
+
+    def describe(self) -> dict[str, str]:
+        """Kind, hosts and keyspace (never credentials)."""
+        return {
+            "kind": "cassandra",
+            "hosts": ",".join(self.hosts),
+            "port": str(self.port),
+            "keyspace": self.keyspace,
+        }
