@@ -15,6 +15,7 @@ Example:
     ... # doctest: +SKIP
 """
 
+from fs_dagster.client import FeatureStore
 from fs_dagster.definitions import streaming
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import (
@@ -33,25 +34,42 @@ from fs_dagster.definitions.transformations import (
     UdfTransformation,
     pandas_udf,
 )
+from fs_dagster.engine.spark_session import S3Settings, SparkSettings, create_spark_session
+from fs_dagster.engine.validation import ValidationResult, validate
+from fs_dagster.orchestration.definitions import build_definitions
+from fs_dagster.orchestration.resources import FeatureStoreResource, spark_resource
+from fs_dagster.stores.online import CassandraOnlineStore, OnlineStore, SqliteOnlineStore
 
 __all__ = [
+    "CassandraOnlineStore",
     "ClusterTemplate",
     "Column",
     "ExecutionSpecification",
     "FeatureSet",
     "FeatureSetDefinitionError",
     "FeatureSetMetadata",
+    "FeatureStore",
+    "FeatureStoreResource",
     "FileSource",
     "KafkaSink",
     "KafkaSource",
+    "OnlineStore",
     "PandasUdf",
+    "S3Settings",
     "SaslAuth",
     "Schema",
     "Secret",
+    "SparkSettings",
     "SparkSqlTransformation",
+    "SqliteOnlineStore",
     "SslAuth",
     "Type",
     "UdfTransformation",
+    "ValidationResult",
+    "build_definitions",
+    "create_spark_session",
     "pandas_udf",
+    "spark_resource",
     "streaming",
+    "validate",
 ]

@@ -211,7 +211,10 @@ def build_feature_set(
     auxiliary_sinks: Sequence[Any],
 ) -> FeatureSet:
     """Validate every parameter and build the :class:`FeatureSet` (see ``streaming``)."""
-    fs_name = name if name is not None else getattr(function, "__name__", None)
+    fs_name: object = name
+    if name is None:
+        # Python names cannot hold hyphens; feature set names cannot hold underscores.
+        fs_name = str(getattr(function, "__name__", "")).replace("_", "-")
     problem = feature_set_name_problem(fs_name)
     if problem:
         raise _error(fs_name if isinstance(fs_name, str) else None, "name", problem)

@@ -46,7 +46,7 @@ def feature_set(
 
     Args:
         name: letters, digits and hyphens, starting with a letter, at most 40 characters;
-            defaults to the function's name.
+            defaults to the function's name with ``_`` turned into ``-``.
         key: the key column, or a list of key columns.
         data_sources: names of declared sources (or the source objects).
         timestamp_column_name: the output's event-time column.

@@ -8,6 +8,7 @@ Python worker's local time zone out of the data.
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,6 +76,30 @@ class OnlineTable:
     timestamp_column: str
     ttl_seconds: float | None = None
 
+    def to_json(self) -> str:
+        """The layout as JSON, kept in the store so readers need no Spark."""
+        return json.dumps(
+            {
+                "name": self.name,
+                "keys": [[c.name, c.kind] for c in self.keys],
+                "features": [[c.name, c.kind] for c in self.features],
+                "timestamp_column": self.timestamp_column,
+                "ttl_seconds": self.ttl_seconds,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> OnlineTable:
+        """Read a layout written by :meth:`to_json`."""
+        data = json.loads(text)
+        return cls(
+            name=data["name"],
+            keys=tuple(OnlineColumn(n, k) for n, k in data["keys"]),
+            features=tuple(OnlineColumn(n, k) for n, k in data["features"]),
+            timestamp_column=data["timestamp_column"],
+            ttl_seconds=data["ttl_seconds"],
+        )
+
     @property
     def key_names(self) -> list[str]:
         """Key column names."""
@@ -133,7 +158,12 @@ class OnlineStore(ABC):
 
     @abstractmethod
     def ensure_table(self, table: OnlineTable) -> None:
-        """Create the table if it does not exist, and add missing feature columns."""
+        """Create the table if it does not exist, add missing feature columns, and record
+        the layout (see :meth:`layout`)."""
+
+    @abstractmethod
+    def layout(self, name: str) -> OnlineTable | None:
+        """The layout recorded for table ``name`` by :meth:`ensure_table`, if any."""
 
     @abstractmethod
     def write(self, table: OnlineTable, rows: Iterable[Mapping[str, Any]]) -> int:

@@ -22,6 +22,8 @@ from fs_dagster.stores.online.base import (
 
 __all__ = ["CassandraOnlineStore"]
 
+_LAYOUTS = "fs_dagster_tables"
+
 _CQL_TYPES: dict[ColumnKind, str] = {
     "string": "text",
     "long": "bigint",
@@ -180,7 +182,29 @@ class CassandraOnlineStore(OnlineStore):
                     f"ALTER TABLE {self._table(table)} ADD {_quote(column.name)} "
                     f"{_CQL_TYPES[column.kind]}"
                 )
+        layouts = f"{_quote(self.keyspace)}.{_LAYOUTS}"
+        session.execute(
+            f"CREATE TABLE IF NOT EXISTS {layouts} (name text PRIMARY KEY, layout text)"
+        )
+        session.execute(
+            session.prepare(f"INSERT INTO {layouts} (name, layout) VALUES (?, ?)"),
+            (table.name, table.to_json()),
+        )
         self._prepared.clear()
+
+    def layout(self, name: str) -> OnlineTable | None:
+        """The recorded layout of table ``name``."""
+        from cassandra import InvalidRequest
+
+        layouts = f"{_quote(self.keyspace)}.{_LAYOUTS}"
+        session = self._session()
+        try:
+            row = session.execute(
+                session.prepare(f"SELECT layout FROM {layouts} WHERE name = ?"), (name,)
+            ).one()
+        except InvalidRequest:
+            return None
+        return OnlineTable.from_json(row[0]) if row else None
 
     def write(self, table: OnlineTable, rows: Iterable[Mapping[str, Any]]) -> int:
         """Upsert rows concurrently, each at its event time (and remaining TTL)."""

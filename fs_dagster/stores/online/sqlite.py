@@ -17,6 +17,8 @@ from fs_dagster.stores.online.base import (
 
 __all__ = ["SqliteOnlineStore"]
 
+_LAYOUTS = "fs_dagster_tables"
+
 _SQL_TYPES: dict[ColumnKind, str] = {
     "string": "TEXT",
     "long": "INTEGER",
@@ -93,6 +95,21 @@ class SqliteOnlineStore(OnlineStore):
                     f"ALTER TABLE {_quote(table.name)} ADD COLUMN "
                     f"{_quote(column.name)} {_SQL_TYPES[column.kind]}"
                 )
+        con.execute(f"CREATE TABLE IF NOT EXISTS {_LAYOUTS} (name TEXT PRIMARY KEY, layout TEXT)")
+        con.execute(
+            f"INSERT INTO {_LAYOUTS} (name, layout) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET layout = excluded.layout",
+            (table.name, table.to_json()),
+        )
+
+    def layout(self, name: str) -> OnlineTable | None:
+        """The recorded layout of table ``name``."""
+        con = self._connection()
+        try:
+            row = con.execute(f"SELECT layout FROM {_LAYOUTS} WHERE name = ?", (name,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return OnlineTable.from_json(row[0]) if row else None
 
     def write(self, table: OnlineTable, rows: Iterable[Mapping[str, Any]]) -> int:
         """Upsert rows in one transaction, keeping the newest event time per key."""

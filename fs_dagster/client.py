@@ -1,0 +1,193 @@
+"""Reading features back: online by key, offline point-in-time, and previews.
+
+Example:
+    >>> store = FeatureStore(online_store=SqliteOnlineStore(".fs_dagster/online.db"),
+    ...                      offline_root=".fs_dagster/offline", feature_sets=[user_spend])
+    ... # doctest: +SKIP
+    >>> store.get_online_features("user-spend", ["u1", "u2"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, overload
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+
+from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.planning.plan import StoragePlan
+from fs_dagster.stores.online.base import OnlineStore, OnlineTable
+
+__all__ = ["FeatureStore"]
+
+KeysLike = Any
+
+
+class FeatureStore:
+    """Reads features of the given feature sets from the online and offline stores.
+
+    Args:
+        online_store: where online ingestion writes.
+        offline_root: root of the offline store (local path or ``s3a://`` URL).
+        feature_sets: the feature sets it can read, so they can be named by string.
+        spark: the session for offline reads; the active or a local one by default.
+        checkpoint_root: root of the checkpoints (only needed to build storage plans
+            that match the ingestion's; defaults next to the offline root).
+    """
+
+    def __init__(
+        self,
+        *,
+        online_store: OnlineStore,
+        offline_root: str,
+        feature_sets: Iterable[FeatureSet] = (),
+        spark: SparkSession | None = None,
+        checkpoint_root: str | None = None,
+    ):
+        self.online_store = online_store
+        self.offline_root = offline_root
+        self.checkpoint_root = checkpoint_root or offline_root.rstrip("/") + "/_checkpoints"
+        self._feature_sets = {fs.name: fs for fs in feature_sets}
+        self._spark = spark
+        self._layouts: dict[str, OnlineTable] = {}
+
+    def feature_set(self, feature_set_or_name: FeatureSet | str) -> FeatureSet:
+        """Resolve a feature set given by object or name."""
+        if isinstance(feature_set_or_name, FeatureSet):
+            return feature_set_or_name
+        try:
+            return self._feature_sets[feature_set_or_name]
+        except KeyError:
+            known = ", ".join(sorted(self._feature_sets)) or "none"
+            raise KeyError(
+                f"unknown feature set {feature_set_or_name!r} (known: {known})"
+            ) from None
+
+    def plan(self, feature_set: FeatureSet) -> StoragePlan:
+        """Storage locations of ``feature_set``."""
+        return StoragePlan(feature_set, self.offline_root, self.checkpoint_root)
+
+    @property
+    def spark(self) -> SparkSession:
+        """The Spark session used for offline reads."""
+        if self._spark is None:
+            from fs_dagster.engine.analysis import analysis_session
+
+            self._spark = analysis_session()
+        return self._spark
+
+    def _layout(self, feature_set: FeatureSet) -> OnlineTable:
+        layout = self._layouts.get(feature_set.name)
+        if layout is None:
+            layout = self.online_store.layout(feature_set.storage_name)
+            if layout is None:
+                raise LookupError(
+                    f"feature set '{feature_set.name}' has no online table yet; "
+                    "start its online ingestion first"
+                )
+            self._layouts[feature_set.name] = layout
+        return layout
+
+    def get_online_features(
+        self, feature_set_or_name: FeatureSet | str, keys: KeysLike
+    ) -> pd.DataFrame:
+        """The latest feature vector of each key, one row per key in the order given.
+
+        Args:
+            feature_set_or_name: the feature set.
+            keys: one key value, a list of them (single-column keys), a dict or list of
+                dicts of key columns, or a pandas DataFrame with the key columns.
+
+        Returns:
+            Key columns, the event time of the vector, then the features; a key with no
+            vector (never seen, or past the TTL) has nulls.
+        """
+        feature_set = self.feature_set(feature_set_or_name)
+        key_tuples = _normalize_keys(feature_set, keys)
+        return self.online_store.read(self._layout(feature_set), key_tuples)
+
+    @overload
+    def get_offline_features(
+        self,
+        population: pd.DataFrame | DataFrame,
+        feature_set_or_name: FeatureSet | str,
+        point_in_time_column: str = ...,
+        *,
+        output: Literal["pandas"] = ...,
+    ) -> pd.DataFrame: ...
+
+    @overload
+    def get_offline_features(
+        self,
+        population: pd.DataFrame | DataFrame,
+        feature_set_or_name: FeatureSet | str,
+        point_in_time_column: str = ...,
+        *,
+        output: Literal["spark"],
+    ) -> DataFrame: ...
+
+    def get_offline_features(
+        self,
+        population: pd.DataFrame | DataFrame,
+        feature_set_or_name: FeatureSet | str,
+        point_in_time_column: str = "timestamp",
+        *,
+        output: Literal["pandas", "spark"] = "pandas",
+    ) -> pd.DataFrame | DataFrame:
+        """Point-in-time correct features for each population row, computed by Spark.
+
+        Args:
+            population: rows with the key columns and ``point_in_time_column``.
+            feature_set_or_name: the feature set.
+            point_in_time_column: the population's timestamp column.
+            output: ``pandas`` (default) or ``spark`` to keep the result distributed.
+        """
+        from fs_dagster.engine.retrieval import point_in_time_join
+
+        feature_set = self.feature_set(feature_set_or_name)
+        spark = self.spark
+        pop = population if isinstance(population, DataFrame) else spark.createDataFrame(population)
+        features = spark.read.format("delta").load(self.plan(feature_set).features_path)
+        result = point_in_time_join(feature_set, pop, features, point_in_time_column)
+        return result if output == "spark" else result.toPandas()
+
+    def dead_letters(self, feature_set_or_name: FeatureSet | str) -> pd.DataFrame:
+        """Malformed records set aside for ``feature_set`` (payload, position, reason)."""
+        feature_set = self.feature_set(feature_set_or_name)
+        path = self.plan(feature_set).dead_letter_path
+        return self.spark.read.format("delta").load(path).toPandas()
+
+
+def _normalize_keys(feature_set: FeatureSet, keys: KeysLike) -> list[tuple[Any, ...]]:
+    names = list(feature_set.key)
+    if isinstance(keys, pd.DataFrame):
+        missing = [n for n in names if n not in keys.columns]
+        if missing:
+            raise ValueError(f"keys for '{feature_set.name}' lack columns {missing}")
+        return [tuple(row) for row in keys[names].itertuples(index=False, name=None)]
+    if isinstance(keys, Mapping):
+        keys = [keys]
+    if not isinstance(keys, Sequence) or isinstance(keys, str | bytes):
+        keys = [keys]
+    result: list[tuple[Any, ...]] = []
+    for key in keys:
+        if isinstance(key, Mapping):
+            missing = [n for n in names if n not in key]
+            if missing:
+                raise ValueError(f"key {key!r} for '{feature_set.name}' lacks {missing}")
+            result.append(tuple(key[n] for n in names))
+        elif isinstance(key, tuple):
+            if len(key) != len(names):
+                raise ValueError(
+                    f"key {key!r} for '{feature_set.name}' is not ({', '.join(names)})"
+                )
+            result.append(key)
+        elif len(names) == 1:
+            result.append((key,))
+        else:
+            raise ValueError(
+                f"'{feature_set.name}' has a composite key ({', '.join(names)}); "
+                "pass dicts or tuples"
+            )
+    return result

@@ -1,0 +1,153 @@
+"""Turning feature sets into one ``dagster.Definitions``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dagster import (
+    AssetSpec,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    Definitions,
+)
+from dagster_pyspark import LazyPySparkResource
+
+from fs_dagster.definitions.errors import FeatureSetDefinitionError
+from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.definitions.sources import DataSource, KafkaSource
+from fs_dagster.orchestration.naming import (
+    metadata_key,
+    online_asset_key,
+    source_asset_key,
+)
+from fs_dagster.orchestration.offline import (
+    build_offline_asset,
+    build_offline_schedule,
+    feature_set_metadata,
+    owners,
+)
+from fs_dagster.orchestration.online import build_online_job, build_supervisor_sensor
+from fs_dagster.orchestration.resources import FeatureStoreResource
+
+__all__ = ["build_definitions", "check_unique_names"]
+
+
+def check_unique_names(feature_sets: Sequence[FeatureSet]) -> None:
+    """Raise if two feature sets share a name (or a storage name)."""
+    seen: dict[str, str] = {}
+    for feature_set in feature_sets:
+        if not isinstance(feature_set, FeatureSet):
+            raise TypeError(
+                f"expected FeatureSet objects (from @streaming.feature_set), got "
+                f"{type(feature_set).__name__}"
+            )
+        other = seen.get(feature_set.storage_name)
+        if other is not None:
+            raise FeatureSetDefinitionError(
+                feature_set.name,
+                "name",
+                f"another feature set is already named '{other}'; names must be unique",
+            )
+        seen[feature_set.storage_name] = feature_set.name
+
+
+def _source_spec(source: DataSource) -> AssetSpec:
+    if isinstance(source, KafkaSource):
+        _, topics = source.subscription
+        description = f"Kafka {source.subscription[0]} {topics} on {source.bootstrap_servers}"
+        kinds = {"kafka"}
+    else:
+        description = f"{source.format} files in {source.path}"
+        kinds = {"file"}
+    return AssetSpec(
+        key=source_asset_key(source),
+        description=description,
+        kinds=kinds,
+        group_name="sources",
+        metadata={metadata_key("schema"): source.schema},
+    )
+
+
+def _online_spec(feature_set: FeatureSet, store_kind: str) -> AssetSpec:
+    return AssetSpec(
+        key=online_asset_key(feature_set),
+        deps=[source_asset_key(s) for s in feature_set.data_sources],
+        description=(
+            f"Latest feature vector per key of '{feature_set.name}', kept current by the "
+            "online ingestion run"
+        ),
+        group_name=feature_set.storage_name,
+        kinds={"spark", store_kind},
+        metadata=feature_set_metadata(feature_set),
+        owners=owners(feature_set),
+    )
+
+
+def build_definitions(
+    *,
+    feature_sets: Sequence[FeatureSet],
+    feature_store: FeatureStoreResource,
+    pyspark: LazyPySparkResource,
+    supervisor_interval_seconds: int = 15,
+    heartbeat_timeout_seconds: float | None = None,
+    start_automatically: bool = True,
+) -> Definitions:
+    """Dagster definitions for ``feature_sets``.
+
+    Per feature set: an offline asset materialized on its cron schedule, an external
+    asset for its online table, a job that runs online ingestion until stopped and a
+    sensor that keeps one such run going; source topics and directories become external
+    assets upstream.
+
+    Args:
+        feature_sets: the feature sets (names must be unique).
+        feature_store: where the stores and checkpoints are.
+        pyspark: the Spark session resource (see :func:`fs_dagster.spark_resource`).
+        supervisor_interval_seconds: how often each supervisor sensor looks.
+        heartbeat_timeout_seconds: when a silent online run is replaced.
+        start_automatically: sensors and schedules run as soon as the location loads.
+
+    Example:
+        >>> defs = build_definitions(
+        ...     feature_sets=[user_transactions],
+        ...     feature_store=FeatureStoreResource(offline_root=".fs/offline",
+        ...                                        checkpoint_root=".fs/checkpoints"),
+        ...     pyspark=spark_resource(SparkSettings()),
+        ... )  # doctest: +SKIP
+    """
+    check_unique_names(feature_sets)
+    sources: dict[str, AssetSpec] = {}
+    assets: list[object] = []
+    jobs = []
+    sensors = []
+    schedules = []
+    sensor_status = (
+        DefaultSensorStatus.RUNNING if start_automatically else DefaultSensorStatus.STOPPED
+    )
+    schedule_status = (
+        DefaultScheduleStatus.RUNNING if start_automatically else DefaultScheduleStatus.STOPPED
+    )
+    for feature_set in feature_sets:
+        for source in feature_set.data_sources:
+            sources.setdefault(source.name, _source_spec(source))
+        assets.append(build_offline_asset(feature_set))
+        assets.append(_online_spec(feature_set, feature_store.online_store_kind))
+        online_job = build_online_job(feature_set)
+        jobs.append(online_job)
+        sensors.append(
+            build_supervisor_sensor(
+                feature_set,
+                online_job,
+                minimum_interval_seconds=supervisor_interval_seconds,
+                heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+                default_status=sensor_status,
+            )
+        )
+        schedules.append(build_offline_schedule(feature_set, schedule_status))
+    return Definitions(
+        assets=[*sources.values(), *assets],  # type: ignore[list-item]
+        jobs=jobs,
+        sensors=sensors,
+        schedules=schedules,
+        resources={"feature_store": feature_store, "pyspark": pyspark},
+    )

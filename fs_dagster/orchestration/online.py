@@ -1,0 +1,275 @@
+"""Online ingestion as a long-running Dagster job, and the sensor that supervises it.
+
+The job owns one Spark streaming query and runs until it is stopped (run termination),
+until the query fails, or for ``run_for_seconds`` when configured. While it runs it
+writes a heartbeat into a run tag and reports the online store asset's materializations
+(batches, rows, dead letters, freshness, Kafka lag).
+
+The sensor keeps exactly one such run per feature set: it launches one when none is in
+progress, skips while one is, and launches a new one (with a new run key) after a
+failure, a cancellation, or a heartbeat gone stale, which it first marks failed.
+"""
+
+import queue
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from dagster import (
+    AssetMaterialization,
+    Config,
+    DefaultSensorStatus,
+    Failure,
+    JobDefinition,
+    MetadataValue,
+    OpExecutionContext,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    job,
+    op,
+    sensor,
+)
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES, DagsterRunStatus
+from dagster_pyspark import LazyPySparkResource
+from pydantic import Field
+
+from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.engine.pipeline import BatchReport, IngestionQuery, start_ingestion
+from fs_dagster.orchestration.naming import (
+    FEATURE_SET_TAG,
+    HEARTBEAT_TAG,
+    PIPELINE_TAG,
+    metadata_key,
+    online_asset_key,
+    online_job_name,
+    supervisor_sensor_name,
+)
+from fs_dagster.orchestration.resources import FeatureStoreResource
+
+__all__ = ["OnlineIngestionConfig", "build_online_job", "build_supervisor_sensor"]
+
+
+class OnlineIngestionConfig(Config):
+    """Run configuration of an online ingestion run."""
+
+    run_for_seconds: float | None = Field(
+        default=None, description="Stop after this long (None: run until stopped)."
+    )
+    trigger_interval: float | None = Field(
+        default=None, description="Override the feature set's online_trigger_interval."
+    )
+    debug_table: str | None = Field(
+        default=None,
+        description="Also write the transformed stream to this Spark in-memory table.",
+    )
+    report_every_seconds: float = Field(
+        default=15.0, description="How often batches are summarised into a materialization."
+    )
+    heartbeat_every_seconds: float = Field(default=10.0)
+
+
+def _summary(reports: list[BatchReport], progress: dict[str, Any] | None) -> dict[str, Any]:
+    last = reports[-1]
+    freshness = [r.freshness_seconds for r in reports if r.freshness_seconds is not None]
+    metadata: dict[str, Any] = {
+        metadata_key("batches"): len(reports),
+        metadata_key("last_batch_id"): last.batch_id,
+        metadata_key("rows_in"): sum(r.rows_in for r in reports),
+        metadata_key("rows_written"): sum(r.rows_written for r in reports),
+        metadata_key("dead_letters"): sum(r.dead_letters for r in reports),
+        metadata_key("batch_seconds_max"): max(r.duration_seconds for r in reports),
+    }
+    if freshness:
+        metadata[metadata_key("freshness_seconds")] = freshness[-1]
+    if last.max_event_time is not None:
+        metadata[metadata_key("max_event_time")] = MetadataValue.timestamp(last.max_event_time)
+    lag = _kafka_lag(progress)
+    if lag is not None:
+        metadata[metadata_key("kafka_offsets_behind_latest")] = lag
+    return metadata
+
+
+def _kafka_lag(progress: dict[str, Any] | None) -> int | None:
+    if not progress:
+        return None
+    for source in progress.get("sources", []):
+        value = source.get("metrics", {}).get("maxOffsetsBehindLatest")
+        if value is not None:
+            return int(float(value))
+    return None
+
+
+def _run_until_stopped(
+    context: OpExecutionContext,
+    ingestion: IngestionQuery,
+    reports: queue.Queue[BatchReport],
+    config: OnlineIngestionConfig,
+    feature_set: FeatureSet,
+) -> int:
+    started = time.monotonic()
+    last_report = last_heartbeat = 0.0
+    pending: list[BatchReport] = []
+    total_batches = 0
+    while True:
+        now = time.monotonic()
+        if now - last_heartbeat >= config.heartbeat_every_seconds:
+            context.instance.add_run_tags(
+                context.run_id, {HEARTBEAT_TAG: datetime.now(UTC).isoformat()}
+            )
+            last_heartbeat = now
+        while True:
+            try:
+                pending.append(reports.get_nowait())
+            except queue.Empty:
+                break
+        if pending and now - last_report >= config.report_every_seconds:
+            context.log_event(
+                AssetMaterialization(
+                    asset_key=online_asset_key(feature_set),
+                    metadata=_summary(pending, ingestion.query.lastProgress),
+                )
+            )
+            total_batches += len(pending)
+            pending = []
+            last_report = now
+        error = ingestion.query.exception()
+        if error is not None:
+            raise Failure(
+                description=f"online ingestion of '{feature_set.name}' failed: {error}",
+                metadata={metadata_key("batches"): total_batches},
+            )
+        if not ingestion.query.isActive:
+            break
+        if config.run_for_seconds is not None and now - started >= config.run_for_seconds:
+            break
+        ingestion.query.awaitTermination(1)
+    if pending:
+        context.log_event(
+            AssetMaterialization(
+                asset_key=online_asset_key(feature_set),
+                metadata=_summary(pending, ingestion.query.lastProgress),
+            )
+        )
+        total_batches += len(pending)
+    return total_batches
+
+
+def build_online_job(feature_set: FeatureSet) -> JobDefinition:
+    """The job that runs ``feature_set``'s online ingestion until stopped."""
+
+    @op(
+        name=f"{feature_set.storage_name}__online_ingestion_op",
+        description=f"Continuous online ingestion of '{feature_set.name}'.",
+        tags={"kind": "spark"},
+    )
+    def online_ingestion(
+        context: OpExecutionContext,
+        config: OnlineIngestionConfig,
+        feature_store: FeatureStoreResource,
+        pyspark: LazyPySparkResource,
+    ) -> None:
+        reports: queue.Queue[BatchReport] = queue.Queue()
+        ingestion = start_ingestion(
+            pyspark.spark_session,
+            feature_set,
+            feature_store.plan(feature_set),
+            "online",
+            online_store=feature_store.create_online_store(),
+            on_batch=reports.put,
+            trigger_interval=config.trigger_interval,
+            debug_table=config.debug_table,
+        )
+        context.log.info(
+            f"online ingestion of '{feature_set.name}' started (query {ingestion.query.id})"
+        )
+        try:
+            batches = _run_until_stopped(context, ingestion, reports, config, feature_set)
+        finally:
+            ingestion.stop()
+        context.log.info(
+            f"online ingestion of '{feature_set.name}' stopped after {batches} batches"
+        )
+
+    @job(
+        name=online_job_name(feature_set),
+        description=f"Runs online ingestion of '{feature_set.name}' until stopped.",
+        tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
+    )
+    def online_job() -> None:
+        online_ingestion()
+
+    return online_job
+
+
+def build_supervisor_sensor(
+    feature_set: FeatureSet,
+    online_job: JobDefinition,
+    *,
+    minimum_interval_seconds: int = 15,
+    heartbeat_timeout_seconds: float | None = None,
+    default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
+) -> SensorDefinition:
+    """The sensor that keeps one online ingestion run of ``feature_set`` going.
+
+    Args:
+        feature_set: the feature set.
+        online_job: its online ingestion job.
+        minimum_interval_seconds: how often the sensor looks.
+        heartbeat_timeout_seconds: a started run whose heartbeat is older than this is
+            marked failed and replaced; default ``max(120, 10 x trigger interval)``.
+        default_status: whether the sensor runs as soon as the code location loads.
+    """
+    timeout = heartbeat_timeout_seconds or max(120.0, 10 * feature_set.online_trigger_interval)
+
+    @sensor(
+        name=supervisor_sensor_name(feature_set),
+        job=online_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=(
+            f"Starts online ingestion of '{feature_set.name}' when none runs, and restarts "
+            "it after a failure, a cancellation or a stale heartbeat."
+        ),
+    )
+    def supervise(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+        instance = context.instance
+        active = instance.get_runs(
+            filters=RunsFilter(job_name=online_job.name, statuses=NOT_FINISHED_STATUSES)
+        )
+        now = datetime.now(UTC)
+        for run in active:
+            if run.status != DagsterRunStatus.STARTED:
+                return SkipReason(f"run {run.run_id} is {run.status.value}")
+            beat = run.tags.get(HEARTBEAT_TAG)
+            record = instance.get_run_record_by_id(run.run_id)
+            started = record.start_time if record is not None else None
+            last_seen = (
+                datetime.fromisoformat(beat).timestamp()
+                if beat
+                else (started if started is not None else now.timestamp())
+            )
+            if now.timestamp() - last_seen <= timeout:
+                return SkipReason(f"run {run.run_id} is ingesting (heartbeat {beat or 'pending'})")
+            try:
+                # Best effort: a hung process must not keep writing beside its successor.
+                instance.run_launcher.terminate(run.run_id)
+            except Exception as exc:
+                context.log.warning(f"could not terminate run {run.run_id}: {exc}")
+            instance.report_run_failed(
+                run,
+                message=(
+                    f"heartbeat older than {timeout:.0f}s; marked failed by {context.sensor_name}"
+                ),
+            )
+            context.log.warning(f"run {run.run_id} stopped heartbeating; starting a new one")
+        attempt = int(context.cursor or 0) + 1
+        context.update_cursor(str(attempt))
+        return RunRequest(
+            run_key=f"{feature_set.storage_name}-online-{attempt}",
+            tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
+        )
+
+    return supervise
