@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import uuid
 from collections.abc import Iterator
@@ -56,7 +55,7 @@ def write_events(records: list[dict[str, object]], settings: ProjectSettings) ->
     name = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.json"
     hidden = directory / f".{name}.tmp"
     hidden.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(hidden, directory / name)
+    hidden.replace(directory / name)
     return str(Path(directory / name))
 
 

@@ -28,7 +28,7 @@ from dagster_pyspark import LazyPySparkResource
 
 from fs_dagster import FeatureStoreResource, S3Settings, SparkSettings, spark_resource
 
-__all__ = ["ProjectSettings", "project_settings", "project_resources"]
+__all__ = ["ProjectSettings", "project_resources", "project_settings"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -444,7 +444,10 @@ def start_ingestion(
     writer.started.set()
     debug_query = None
     if debug_table is not None:
-        good = stream.where(F.col(ERROR_COLUMN).isNull()).select(*user_columns(stream))
+        # On the caller's session, so that spark.sql("SELECT * FROM <debug_table>") there
+        # sees the in-memory table (temporary views belong to one session).
+        debug_stream = read_source(spark, feature_set.source, required_columns=required)
+        good = debug_stream.where(F.col(ERROR_COLUMN).isNull()).select(*user_columns(debug_stream))
         debug_query = (
             apply_transformation(feature_set, {feature_set.source.name: good})
             .writeStream.format("memory")

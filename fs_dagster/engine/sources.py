@@ -14,6 +14,7 @@ declared schema, or when a key or timestamp column the feature set needs is miss
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -205,6 +206,13 @@ def _parse_error(payload: Column) -> Column:
     )
 
 
+def _ensure_local_directory(path: str) -> None:
+    # A stream over a directory that does not exist yet fails in Spark; a new local
+    # directory simply starts the stream empty (remote stores have no directories).
+    if "://" not in path or path.startswith("file://"):
+        Path(path.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+
+
 def _read_json_files(
     spark: SparkSession, source: FileSource, value_schema: StructType, streaming: bool
 ) -> DataFrame:
@@ -213,6 +221,7 @@ def _read_json_files(
     reader: Any = spark.readStream if streaming else spark.read
     for key, value in source.options.items():
         reader = reader.option(key, value)
+    _ensure_local_directory(source.path)
     lines: DataFrame = reader.format("text").load(source.path)
     payload = F.col("value")
     parsed = lines.select(
@@ -247,6 +256,7 @@ def _read_other_files(
         reader = reader.schema(value_schema)
     for key, value in source.options.items():
         reader = reader.option(key, value)
+    _ensure_local_directory(source.path)
     df: DataFrame = reader.load(source.path)
     names = value_schema.fieldNames()
     if source.format == "csv":

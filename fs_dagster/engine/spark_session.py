@@ -91,6 +91,9 @@ def spark_conf(settings: SparkSettings) -> dict[str, str]:
         # Local Python workers must use the driver's interpreter (its virtualenv has
         # pandas and pyarrow); on a cluster the executors' Python is the cluster's.
         conf["spark.executorEnv.PYSPARK_PYTHON"] = sys.executable
+        # The host name may resolve to a non-loopback address; a local Spark stays local.
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
     if settings.jars:
         conf["spark.jars"] = ",".join(settings.jars)
     if settings.s3 is not None:

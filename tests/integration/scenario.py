@@ -1,0 +1,144 @@
+"""A transactions feature set and event helpers shared by the integration tests.
+
+Kept importable by a subprocess (``tests/integration/ingest_driver.py``) so that crash
+tests can kill a real ingestion process and restart it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import fs_dagster as fs
+
+SCHEMA = "user_id STRING, amount DOUBLE, is_remote BOOLEAN, ts TIMESTAMP"
+BASE_TIME = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How to build the scenario's source; plain data so it crosses process boundaries."""
+
+    kind: str  # "kafka" or "file"
+    name: str
+    location: str  # topic or directory
+    bootstrap_servers: str | None = None
+
+    def build(self) -> fs.KafkaSource | fs.FileSource:
+        if self.kind == "kafka":
+            assert self.bootstrap_servers
+            return fs.KafkaSource(
+                name=self.name,
+                bootstrap_servers=self.bootstrap_servers,
+                topic=self.location,
+                schema=SCHEMA,
+                options={"kafka.client.dns.lookup": "use_all_dns_ips"},
+            )
+        return fs.FileSource(name=self.name, path=self.location, schema=SCHEMA)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> SourceSpec:
+        return cls(**json.loads(text))
+
+
+@fs.pandas_udf(output_schema=fs.Schema([fs.Column(name="cents", type=fs.Type.long)]))
+def to_cents(amount: pd.Series) -> pd.Series:
+    return (amount * 100).round().astype("int64")
+
+
+def transactions_feature_set(
+    spec: SourceSpec, name: str, *, online_ttl: str | None = None
+) -> fs.FeatureSet:
+    """Row-level features per user: amount, cents (pandas UDF), remote flag."""
+    source = spec.build()
+
+    def transformation() -> fs.SparkSqlTransformation:
+        return fs.SparkSqlTransformation(
+            f"SELECT user_id, amount, to_cents(amount) AS cents, is_remote, ts FROM {source.name}",
+            functions=[to_cents],
+        )
+
+    transformation.__name__ = name.replace("-", "_")
+    return fs.streaming.feature_set(
+        name=name,
+        key="user_id",
+        data_sources=[source],
+        timestamp_column_name="ts",
+        online_trigger_interval=1,
+        online_ttl=online_ttl,
+    )(transformation)
+
+
+def make_events(
+    count: int, users: int, *, seed: int, start: datetime = BASE_TIME
+) -> list[dict[str, Any]]:
+    """Events with increasing but jittered event times (some out of order)."""
+    rng = random.Random(seed)
+    events = []
+    for i in range(count):
+        ts = start + timedelta(seconds=i) - timedelta(seconds=rng.choice([0, 0, 0, 5]))
+        events.append(
+            {
+                "user_id": f"u{rng.randrange(users)}",
+                "amount": round(rng.uniform(1, 500), 2),
+                "is_remote": rng.random() < 0.5,
+                "ts": ts.isoformat(),
+            }
+        )
+    return events
+
+
+def expected_latest(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The newest event per user by event time (ties: the one that came last)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for event in events:
+        current = latest.get(event["user_id"])
+        if current is None or event["ts"] >= current["ts"]:
+            latest[event["user_id"]] = dict(event)
+    return latest
+
+
+def write_json_file(directory: Path, lines: Iterable[str]) -> Path:
+    """Drop a JSON-lines file atomically into a file source's directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{uuid.uuid4().hex}.json"
+    hidden = directory / f".{name}.tmp"
+    hidden.write_text("".join(line + "\n" for line in lines))
+    return hidden.replace(directory / name)
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[str | bytes]) -> int:
+    """Produce raw values to Kafka and wait for delivery."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "broker.address.family": "v4"})
+    count = 0
+    for value in values:
+        producer.produce(topic, value=value)
+        count += 1
+        if count % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+    return count
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true, failing with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

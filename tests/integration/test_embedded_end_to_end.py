@@ -1,0 +1,147 @@
+"""File source -> SQLite online and local Delta offline: the embedded defaults."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+
+import fs_dagster as fs
+from fs_dagster.engine.pipeline import start_ingestion
+from tests.integration.scenario import (
+    SourceSpec,
+    expected_latest,
+    make_events,
+    transactions_feature_set,
+    write_json_file,
+)
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+def _assert_online_matches(
+    store: fs.FeatureStore, feature_set: fs.FeatureSet, events: list
+) -> None:
+    expected = expected_latest(events)
+    users = sorted(expected)
+    online = store.get_online_features(feature_set, users).set_index("user_id")
+    for user in users:
+        row = online.loc[user]
+        assert row["amount"] == pytest.approx(expected[user]["amount"]), user
+        assert row["cents"] == round(expected[user]["amount"] * 100), user
+        assert bool(row["is_remote"]) == expected[user]["is_remote"], user
+        assert row["ts"] == pd.Timestamp(expected[user]["ts"]).tz_convert(None), user
+
+
+def test_file_source_to_sqlite_and_local_delta(spark: SparkSession, tmp_path: Path) -> None:
+    spec = SourceSpec("file", f"events_{uuid.uuid4().hex[:8]}", str(tmp_path / "stream"))
+    feature_set = transactions_feature_set(spec, "embedded-e2e")
+    events = make_events(120, users=7, seed=1)
+    malformed = [
+        "{not json",
+        json.dumps({"user_id": "u1", "amount": "lots", "is_remote": False, "ts": events[0]["ts"]}),
+        json.dumps({"amount": 3.0, "is_remote": False, "ts": events[0]["ts"]}),
+        json.dumps({"user_id": "u2", "amount": 3.0, "is_remote": True}),
+    ]
+    write_json_file(Path(spec.location), [json.dumps(e) for e in events[:60]] + malformed[:2])
+    write_json_file(Path(spec.location), [json.dumps(e) for e in events[60:]] + malformed[2:])
+
+    online_store = fs.SqliteOnlineStore(tmp_path / "online.db")
+    client = fs.FeatureStore(
+        online_store=online_store,
+        offline_root=str(tmp_path / "offline"),
+        checkpoint_root=str(tmp_path / "checkpoints"),
+        feature_sets=[feature_set],
+        spark=spark,
+    )
+    plan = client.plan(feature_set)
+
+    online = start_ingestion(spark, feature_set, plan, "online", online_store=online_store)
+    try:
+        online.query.processAllAvailable()
+    finally:
+        online.stop()
+    _assert_online_matches(client, feature_set, events)
+    assert sum(r.dead_letters for r in online.reports) == 4
+    assert sum(r.rows_valid for r in online.reports) == len(events)
+
+    offline = start_ingestion(spark, feature_set, plan, "offline")
+    offline.query.awaitTermination()
+    rows = spark.read.format("delta").load(plan.features_path).toPandas()
+    assert len(rows) == len(events)
+    got = sorted((r.user_id, r.ts.isoformat(), r.amount) for r in rows.itertuples())
+    want = sorted(
+        (e["user_id"], pd.Timestamp(e["ts"]).tz_convert(None).isoformat(), e["amount"])
+        for e in events
+    )
+    assert got == want
+    assert set(rows["event_date"].astype(str)) == {"2026-03-01"}
+
+    dead = client.dead_letters(feature_set)
+    offline_dead = dead[dead["pipeline"] == "offline"]
+    assert sorted(offline_dead["reason"]) == sorted(
+        [
+            "malformed JSON or a value that does not fit the source schema",
+            "malformed JSON or a value that does not fit the source schema",
+            "missing value for 'user_id'",
+            "missing value for 'ts'",
+        ]
+    )
+    assert set(offline_dead["payload"]) == set(malformed)
+    assert all(p.endswith(".json") for p in offline_dead["position"])
+
+
+def test_late_older_event_does_not_replace_newer_value(spark: SparkSession, tmp_path: Path) -> None:
+    spec = SourceSpec("file", f"events_{uuid.uuid4().hex[:8]}", str(tmp_path / "stream"))
+    feature_set = transactions_feature_set(spec, "late-events")
+    online_store = fs.SqliteOnlineStore(tmp_path / "online.db")
+    client = fs.FeatureStore(
+        online_store=online_store,
+        offline_root=str(tmp_path / "offline"),
+        checkpoint_root=str(tmp_path / "checkpoints"),
+        feature_sets=[feature_set],
+        spark=spark,
+    )
+    newer = {"user_id": "u1", "amount": 20.0, "is_remote": True, "ts": "2026-03-01T12:00:10+00:00"}
+    older = {"user_id": "u1", "amount": 10.0, "is_remote": False, "ts": "2026-03-01T12:00:05+00:00"}
+    online = start_ingestion(
+        spark, feature_set, client.plan(feature_set), "online", online_store=online_store
+    )
+    try:
+        write_json_file(Path(spec.location), [json.dumps(newer)])
+        online.query.processAllAvailable()
+        write_json_file(Path(spec.location), [json.dumps(older)])
+        online.query.processAllAvailable()
+    finally:
+        online.stop()
+    assert len(online.reports) >= 2
+    row = client.get_online_features(feature_set, "u1").iloc[0]
+    assert row["amount"] == 20.0
+    assert row["ts"] == pd.Timestamp("2026-03-01T12:00:10")
+
+
+def test_debug_table_shows_transformed_stream(spark: SparkSession, tmp_path: Path) -> None:
+    spec = SourceSpec("file", f"events_{uuid.uuid4().hex[:8]}", str(tmp_path / "stream"))
+    feature_set = transactions_feature_set(spec, "debug-mode")
+    events = make_events(10, users=3, seed=3)
+    write_json_file(Path(spec.location), [json.dumps(e) for e in events])
+    online_store = fs.SqliteOnlineStore(tmp_path / "online.db")
+    plan = fs.FeatureStore(
+        online_store=online_store, offline_root=str(tmp_path / "offline"), spark=spark
+    ).plan(feature_set)
+    table = f"debug_{uuid.uuid4().hex[:8]}"
+    online = start_ingestion(
+        spark, feature_set, plan, "online", online_store=online_store, debug_table=table
+    )
+    try:
+        assert online.debug_query is not None
+        online.debug_query.processAllAvailable()
+        seen = spark.sql(f"SELECT user_id, cents FROM {table}").toPandas()
+    finally:
+        online.stop()
+    assert len(seen) == len(events)
+    assert sorted(seen["cents"]) == sorted(round(e["amount"] * 100) for e in events)
