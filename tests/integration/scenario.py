@@ -32,6 +32,7 @@ class SourceSpec:
     name: str
     location: str  # topic or directory
     bootstrap_servers: str | None = None
+    max_offsets_per_trigger: int | None = None
 
     def build(self) -> fs.KafkaSource | fs.FileSource:
         if self.kind == "kafka":
@@ -41,9 +42,18 @@ class SourceSpec:
                 bootstrap_servers=self.bootstrap_servers,
                 topic=self.location,
                 schema=SCHEMA,
-                options={"kafka.client.dns.lookup": "use_all_dns_ips"},
+                options=(
+                    {"maxOffsetsPerTrigger": str(self.max_offsets_per_trigger)}
+                    if self.max_offsets_per_trigger
+                    else {}
+                ),
             )
-        return fs.FileSource(name=self.name, path=self.location, schema=SCHEMA)
+        options = (
+            {"maxFilesPerTrigger": str(self.max_offsets_per_trigger)}
+            if self.max_offsets_per_trigger
+            else {}
+        )
+        return fs.FileSource(name=self.name, path=self.location, schema=SCHEMA, options=options)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)

@@ -1,0 +1,170 @@
+"""One behaviour suite for every online store: SQLite and Cassandra (real server)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from fs_dagster import CassandraOnlineStore, OnlineStore, SqliteOnlineStore
+from fs_dagster.stores.online.base import (
+    EVENT_MICROS_COLUMN,
+    OnlineColumn,
+    OnlineTable,
+    now_micros,
+)
+
+T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z in microseconds
+
+
+@pytest.fixture(params=["sqlite", "cassandra"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
+    if request.param == "sqlite":
+        yield SqliteOnlineStore(tmp_path / "online.db")
+        return
+    request.applymarker(pytest.mark.cassandra)
+    host, port = request.getfixturevalue("cassandra_contact")
+    keyspace = request.getfixturevalue("cassandra_keyspace")
+    cassandra = CassandraOnlineStore([host], port=port, keyspace=keyspace, consistency="ONE")
+    yield cassandra
+    cassandra.close()
+
+
+def table(name: str | None = None, ttl: float | None = None) -> OnlineTable:
+    return OnlineTable(
+        name=name or f"t_{uuid.uuid4().hex[:10]}",
+        keys=(OnlineColumn("user_id", "string"),),
+        features=(
+            OnlineColumn("amount", "double"),
+            OnlineColumn("count", "long"),
+            OnlineColumn("flag", "boolean"),
+            OnlineColumn("seen_at", "timestamp"),
+            OnlineColumn("day", "date"),
+            OnlineColumn("tags", "json"),
+            OnlineColumn("raw", "binary"),
+        ),
+        timestamp_column="ts",
+        ttl_seconds=ttl,
+    )
+
+
+def row(user: str, event: int, amount: float, **extra: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "user_id": user,
+        EVENT_MICROS_COLUMN: event,
+        "amount": amount,
+        "count": 7,
+        "flag": True,
+        "seen_at": T0 + 123_456,
+        "day": date(2026, 3, 1),
+        "tags": '["a","b"]',
+        "raw": b"\x00\x01",
+    }
+    values.update(extra)
+    return values
+
+
+def test_write_and_read_round_trip_types(store: OnlineStore) -> None:
+    layout = table()
+    store.ensure_table(layout)
+    store.ensure_table(layout)  # idempotent
+    assert store.write(layout, [row("u1", T0, 1.5), row("u2", T0 + 1, 2.5, flag=False)]) == 2
+    result = store.read(layout, [("u2",), ("u1",), ("nobody",)])
+    assert list(result["user_id"]) == ["u2", "u1", "nobody"]
+    assert list(result.columns) == [
+        "user_id",
+        "ts",
+        "amount",
+        "count",
+        "flag",
+        "seen_at",
+        "day",
+        "tags",
+        "raw",
+    ]
+    first = result.iloc[1]
+    assert first["amount"] == 1.5
+    assert first["count"] == 7
+    assert bool(first["flag"]) is True
+    assert not bool(result.iloc[0]["flag"])
+    assert first["ts"] == pd.Timestamp("2026-03-01T12:00:00")
+    assert first["seen_at"] == pd.Timestamp("2026-03-01T12:00:00.123456")
+    assert first["day"] == date(2026, 3, 1)
+    assert first["tags"] == '["a","b"]'
+    assert bytes(first["raw"]) == b"\x00\x01"
+    missing = result.iloc[2]
+    assert pd.isna(missing["amount"]) and pd.isna(missing["ts"])
+
+
+def test_older_event_never_overwrites_newer(store: OnlineStore) -> None:
+    layout = table()
+    store.ensure_table(layout)
+    store.write(layout, [row("u1", T0 + 10, 10.0)])
+    store.write(layout, [row("u1", T0 + 5, 5.0)])  # late, older event
+    assert store.read(layout, [("u1",)]).iloc[0]["amount"] == 10.0
+    store.write(layout, [row("u1", T0 + 20, 20.0)])
+    assert store.read(layout, [("u1",)]).iloc[0]["amount"] == 20.0
+    # Replaying the same write changes nothing.
+    store.write(layout, [row("u1", T0 + 20, 20.0)])
+    assert store.read(layout, [("u1",)]).iloc[0]["amount"] == 20.0
+
+
+def test_layout_is_recorded_for_spark_free_readers(store: OnlineStore) -> None:
+    layout = table()
+    assert store.layout(layout.name) is None
+    store.ensure_table(layout)
+    assert store.layout(layout.name) == layout
+
+
+def test_new_feature_columns_are_added(store: OnlineStore) -> None:
+    layout = table()
+    store.ensure_table(layout)
+    store.write(layout, [row("u1", T0, 1.0)])
+    wider = OnlineTable(
+        name=layout.name,
+        keys=layout.keys,
+        features=(*layout.features, OnlineColumn("score", "double")),
+        timestamp_column="ts",
+    )
+    store.ensure_table(wider)
+    store.write(wider, [row("u2", T0, 2.0, score=0.5)])
+    result = store.read(wider, [("u1",), ("u2",)])
+    assert pd.isna(result.iloc[0]["score"])
+    assert result.iloc[1]["score"] == 0.5
+
+
+def test_ttl_is_by_event_time(store: OnlineStore) -> None:
+    layout = table(ttl=3600)
+    store.ensure_table(layout)
+    now = now_micros()
+    store.write(
+        layout, [row("fresh", now - 60_000_000, 1.0), row("stale", now - 7_200_000_000, 2.0)]
+    )
+    result = store.read(layout, [("fresh",), ("stale",)])
+    assert result.iloc[0]["amount"] == 1.0
+    assert pd.isna(result.iloc[1]["amount"])
+
+
+def test_composite_keys(store: OnlineStore) -> None:
+    layout = OnlineTable(
+        name=f"t_{uuid.uuid4().hex[:10]}",
+        keys=(OnlineColumn("user_id", "string"), OnlineColumn("merchant_id", "long")),
+        features=(OnlineColumn("amount", "double"),),
+        timestamp_column="ts",
+    )
+    store.ensure_table(layout)
+    store.write(
+        layout,
+        [
+            {"user_id": "u1", "merchant_id": 1, EVENT_MICROS_COLUMN: T0, "amount": 1.0},
+            {"user_id": "u1", "merchant_id": 2, EVENT_MICROS_COLUMN: T0, "amount": 2.0},
+        ],
+    )
+    result = store.read(layout, [("u1", 2), ("u1", 1), ("u2", 1)])
+    assert result["amount"].tolist()[:2] == [2.0, 1.0]
+    assert pd.isna(result.iloc[2]["amount"])
