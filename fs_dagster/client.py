@@ -147,7 +147,11 @@ class FeatureStore:
 
         feature_set = self.feature_set(feature_set_or_name)
         spark = self.spark
-        pop = population if isinstance(population, DataFrame) else spark.createDataFrame(population)
+        pop = (
+            population
+            if isinstance(population, DataFrame)
+            else spark.createDataFrame(_to_spark_precision(population))
+        )
         features = spark.read.format("delta").load(self.plan(feature_set).features_path)
         result = point_in_time_join(feature_set, pop, features, point_in_time_column)
         return result if output == "spark" else result.toPandas()
@@ -157,6 +161,15 @@ class FeatureStore:
         feature_set = self.feature_set(feature_set_or_name)
         path = self.plan(feature_set).dead_letter_path
         return self.spark.read.format("delta").load(path).toPandas()
+
+
+def _to_spark_precision(frame: pd.DataFrame) -> pd.DataFrame:
+    """Spark keeps microseconds: drop finer precision so Arrow converts without loss."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if pd.api.types.is_datetime64_any_dtype(frame[column]):
+            frame[column] = frame[column].dt.floor("us")
+    return frame
 
 
 def _normalize_keys(feature_set: FeatureSet, keys: KeysLike) -> list[tuple[Any, ...]]:
