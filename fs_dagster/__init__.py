@@ -17,6 +17,7 @@ Example:
 
 from fs_dagster.client import FeatureStore
 from fs_dagster.definitions import streaming
+from fs_dagster.definitions.aggregations import AggregateSpec, Aggregation
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import (
     ClusterTemplate,
@@ -41,6 +42,8 @@ from fs_dagster.orchestration.resources import FeatureStoreResource, spark_resou
 from fs_dagster.stores.online import CassandraOnlineStore, OnlineStore, SqliteOnlineStore
 
 __all__ = [
+    "AggregateSpec",
+    "Aggregation",
     "CassandraOnlineStore",
     "ClusterTemplate",
     "Column",

@@ -22,6 +22,7 @@ from datetime import timedelta
 from enum import Enum
 from typing import Any
 
+from fs_dagster.definitions.aggregations import AggregateSpec, Window, parse_window
 from fs_dagster.definitions.cron import cron_problem
 from fs_dagster.definitions.durations import parse_duration
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 MAX_TRIGGER_INTERVAL_SECONDS = 24 * 3600
+DEFAULT_ALLOWED_LATENESS = timedelta(minutes=10)
 
 
 class ClusterTemplate(Enum):
@@ -110,6 +112,9 @@ class FeatureSet:
         auxiliary_sinks: further sinks the ingestion writes to.
         metadata: owner, description, display name.
         execution_specification: cluster sizes.
+        windows: parsed sliding windows of an aggregated feature set (declared order).
+        allowed_lateness: how far behind the newest event time an event may arrive and
+            still update its windows (aggregated feature sets).
     """
 
     name: str
@@ -123,6 +128,18 @@ class FeatureSet:
     auxiliary_sinks: tuple[AuxiliarySink, ...] = ()
     metadata: FeatureSetMetadata = field(default_factory=FeatureSetMetadata)
     execution_specification: ExecutionSpecification = field(default_factory=ExecutionSpecification)
+    windows: tuple[Window, ...] = ()
+    allowed_lateness: timedelta = DEFAULT_ALLOWED_LATENESS
+
+    @property
+    def aggregations(self) -> tuple[AggregateSpec, ...]:
+        """The declared aggregates (empty for a row-level feature set)."""
+        return self.transformation.aggregations
+
+    @property
+    def is_aggregated(self) -> bool:
+        """Whether this feature set computes windowed aggregates."""
+        return bool(self.aggregations)
 
     @property
     def storage_name(self) -> str:
@@ -133,10 +150,14 @@ class FeatureSet:
     def feature_names(self) -> list[str]:
         """Names of the features, in output order (key and timestamp excluded).
 
-        For a Spark SQL transformation the output columns are only known to Spark's
-        analyzer, so the first call analyses the SQL against the sources' schemas (no
-        data is read) in the active Spark session or a local one.
+        An aggregated feature set lists ``<agg>_<column>_<window>`` (or
+        ``<alias>_<window>``) for each aggregate in declared order, each window in
+        declared order. For a row-level Spark SQL transformation the output columns are
+        only known to Spark's analyzer, so the first call analyses the SQL against the
+        sources' schemas (no data is read) in the active Spark session or a local one.
         """
+        if self.is_aggregated:
+            return aggregate_feature_names(self.aggregations, self.windows)
         from fs_dagster.engine.analysis import feature_columns
 
         return feature_columns(self)
@@ -145,6 +166,43 @@ class FeatureSet:
     def source(self) -> DataSource:
         """The single source, for transformations that read one."""
         return self.data_sources[0]
+
+
+def aggregate_feature_names(
+    aggregations: tuple[AggregateSpec, ...], windows: tuple[Window, ...]
+) -> list[str]:
+    """Feature names of aggregates over windows, aggregates outer, windows inner."""
+    return [spec.feature_name(window) for spec in aggregations for window in windows]
+
+
+def _check_aggregations(name: str, transformation: Transformation) -> tuple[Window, ...]:
+    if not transformation.is_aggregated:
+        return ()
+    if not transformation.aggregations:
+        raise _error(name, "transformation", "by_windows() needs at least one .aggregate(...)")
+    if not transformation.windows:
+        raise _error(
+            name, "transformation", "aggregates need windows: add .by_windows('1m', '1h', ...)"
+        )
+    windows: list[Window] = []
+    for text in transformation.windows:
+        try:
+            windows.append(parse_window(text))
+        except ValueError as exc:
+            raise _error(name, "windows", str(exc)) from None
+    lengths = [w.seconds for w in windows]
+    if len(set(lengths)) != len(lengths):
+        raise _error(name, "windows", f"a window is listed twice: {list(transformation.windows)}")
+    names = aggregate_feature_names(transformation.aggregations, tuple(windows))
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise _error(
+            name,
+            "transformation",
+            f"feature names are not unique: {', '.join(duplicates)}; give one aggregate "
+            "another .alias(...)",
+        )
+    return tuple(windows)
 
 
 def _error(name: str | None, parameter: str, reason: str) -> FeatureSetDefinitionError:
@@ -209,6 +267,7 @@ def build_feature_set(
     online_trigger_interval: float,
     online_ttl: str | int | float | timedelta | None,
     auxiliary_sinks: Sequence[Any],
+    allowed_lateness: str | int | float | timedelta = DEFAULT_ALLOWED_LATENESS,
 ) -> FeatureSet:
     """Validate every parameter and build the :class:`FeatureSet` (see ``streaming``)."""
     fs_name: object = name
@@ -270,6 +329,13 @@ def build_feature_set(
     except FeatureSetDefinitionError as exc:
         raise FeatureSetDefinitionError(fs_name, exc.parameter, exc.reason) from None
     _check_transformation(fs_name, transformation, sources)
+    windows = _check_aggregations(fs_name, transformation)
+    try:
+        lateness = parse_duration(allowed_lateness)
+    except ValueError as exc:
+        raise _error(fs_name, "allowed_lateness", str(exc)) from None
+    if lateness < timedelta(0):
+        raise _error(fs_name, "allowed_lateness", "must not be negative")
 
     sinks = check_sinks(fs_name, auxiliary_sinks)
 
@@ -287,6 +353,8 @@ def build_feature_set(
         execution_specification=getattr(
             function, "__fs_execution_specification__", ExecutionSpecification()
         ),
+        windows=windows,
+        allowed_lateness=lateness,
     )
 
 

@@ -38,6 +38,7 @@ def feature_set(
     online_trigger_interval: float = 5,
     online_ttl: str | int | float | timedelta | None = None,
     auxiliary_sinks: Sequence[AuxiliarySink] = (),
+    allowed_lateness: str | int | float | timedelta = "10 minutes",
 ) -> Callable[[Callable[[], Transformation]], FeatureSet]:
     """Declare a streaming feature set from a function that returns its transformation.
 
@@ -56,6 +57,9 @@ def feature_set(
         online_ttl: how long after its event time an online value is served
             (``"7 days"``, seconds or a ``timedelta``); ``None`` keeps values forever.
         auxiliary_sinks: further sinks, such as :class:`~fs_dagster.KafkaSink`.
+        allowed_lateness: for aggregations, how far behind the newest event time seen an
+            event may be and still update its windows; later events go to the late-events
+            table.
 
     Example:
         >>> @feature_set(name="user-transactions", key="user_id",
@@ -76,6 +80,7 @@ def feature_set(
             online_trigger_interval=online_trigger_interval,
             online_ttl=online_ttl,
             auxiliary_sinks=auxiliary_sinks,
+            allowed_lateness=allowed_lateness,
         )
 
     return decorate

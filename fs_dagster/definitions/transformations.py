@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Self
 
+from fs_dagster.definitions.aggregations import AggregateSpec
 from fs_dagster.definitions.names import identifier_problem
 from fs_dagster.definitions.schema import Schema
 
@@ -62,24 +63,52 @@ def pandas_udf(
     return wrap
 
 
+class _Aggregatable:
+    """``.aggregate(...)`` and ``.by_windows(...)``, shared by both transformations."""
+
+    aggregations: tuple[AggregateSpec, ...]
+    windows: tuple[str, ...]
+
+    def aggregate(self, aggregation: AggregateSpec) -> Self:
+        """Add an event-time aggregate (chainable); windows come from :meth:`by_windows`."""
+        if not isinstance(aggregation, AggregateSpec):
+            raise TypeError(
+                f"aggregate() takes Aggregation.<fn>(column), got {type(aggregation).__name__}"
+            )
+        return replace(self, aggregations=(*self.aggregations, aggregation))  # type: ignore[type-var]
+
+    def by_windows(self, *windows: str) -> Self:
+        """Compute every aggregate over each of these sliding windows (``"1m"``, ``"7 days"``)."""
+        return replace(self, windows=(*self.windows, *windows))  # type: ignore[type-var]
+
+    @property
+    def is_aggregated(self) -> bool:
+        """Whether the transformation declares aggregations."""
+        return bool(self.aggregations or self.windows)
+
+
 @dataclass(frozen=True)
-class SparkSqlTransformation:
+class SparkSqlTransformation(_Aggregatable):
     """A Spark SQL query over the feature set's sources, each read by its name.
 
     Attributes:
         sql: one ``SELECT`` statement; it must produce the key and timestamp columns.
         functions: pandas UDFs the SQL calls by name.
+        aggregations: event-time aggregates added with :meth:`aggregate`.
+        windows: their windows, added with :meth:`by_windows`.
     """
 
     sql: str
     functions: Sequence[PandasUdf] = ()
+    aggregations: tuple[AggregateSpec, ...] = ()
+    windows: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "functions", tuple(self.functions))
 
 
 @dataclass(frozen=True)
-class UdfTransformation:
+class UdfTransformation(_Aggregatable):
     """A whole-DataFrame pandas function applied to the feature set's one source.
 
     The function gets a ``pandas.DataFrame`` of source rows (value columns and, for Kafka,
@@ -88,6 +117,8 @@ class UdfTransformation:
     """
 
     function: PandasUdf
+    aggregations: tuple[AggregateSpec, ...] = ()
+    windows: tuple[str, ...] = ()
 
 
 Transformation = SparkSqlTransformation | UdfTransformation

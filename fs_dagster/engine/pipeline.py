@@ -407,6 +407,14 @@ def start_ingestion(
             set (checked before any record is read).
     """
     _check_single_source(feature_set)
+    if feature_set.is_aggregated:
+        # Windowed aggregation ingestion (tiles) is the next piece of work; until it lands,
+        # refuse rather than ingest row-level values under aggregate names.
+        raise FeatureSetDefinitionError(
+            feature_set.name,
+            "transformation",
+            "windowed aggregations can be declared and validated but not ingested yet",
+        )
     session = spark.newSession()
     schema = output_schema(session, feature_set)
     if pipeline == "online":
