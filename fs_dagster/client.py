@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal, overload
 
 import pandas as pd
@@ -90,22 +91,50 @@ class FeatureStore:
         return layout
 
     def get_online_features(
-        self, feature_set_or_name: FeatureSet | str, keys: KeysLike
+        self,
+        feature_set_or_name: FeatureSet | str,
+        keys: KeysLike,
+        *,
+        at: datetime | None = None,
     ) -> pd.DataFrame:
-        """The latest feature vector of each key, one row per key in the order given.
+        """The current feature vector of each key, one row per key in the order given.
 
         Args:
             feature_set_or_name: the feature set.
             keys: one key value, a list of them (single-column keys), a dict or list of
                 dicts of key columns, or a pandas DataFrame with the key columns.
+            at: for aggregated feature sets, the read time windows end at (default now;
+                a naive datetime is UTC).
 
         Returns:
-            Key columns, the event time of the vector, then the features; a key with no
-            vector (never seen, or past the TTL) has nulls.
+            Row-level feature sets: key columns, the event time of the vector, then the
+            features; a key with no vector (never seen, or past the TTL) has nulls.
+            Aggregated feature sets: key columns, the read time, then every window value
+            (``count``/``sum`` 0 and the others null for an empty window).
         """
         feature_set = self.feature_set(feature_set_or_name)
         key_tuples = _normalize_keys(feature_set, keys)
+        if feature_set.is_aggregated:
+            from fs_dagster.engine.aggregates import read_aggregates
+
+            plan = self._aggregation_plan(feature_set)
+            return read_aggregates(self.online_store, plan, key_tuples, _micros(at))
         return self.online_store.read(self._layout(feature_set), key_tuples)
+
+    def _aggregation_plan(self, feature_set: FeatureSet) -> Any:
+        from fs_dagster.aggregation.plan import AggregationPlan
+
+        layout = self.online_store.layout(f"{feature_set.storage_name}__tiles")
+        if layout is None:
+            raise LookupError(
+                f"feature set '{feature_set.name}' has no tiles yet; "
+                "start its online ingestion first"
+            )
+        return AggregationPlan(
+            feature_set=feature_set,
+            key_kinds={c.name: c.kind for c in layout.keys},
+            column_kinds={c.name: c.kind for c in layout.features},
+        )
 
     @overload
     def get_offline_features(
@@ -152,15 +181,41 @@ class FeatureStore:
             if isinstance(population, DataFrame)
             else spark.createDataFrame(_to_spark_precision(population))
         )
-        features = spark.read.format("delta").load(self.plan(feature_set).features_path)
-        result = point_in_time_join(feature_set, pop, features, point_in_time_column)
+        if feature_set.is_aggregated:
+            from fs_dagster.engine.aggregates import point_in_time_aggregates
+            from fs_dagster.engine.encoding import spark_type
+
+            plan = self._aggregation_plan(feature_set)
+            tiles = spark.read.format("delta").load(self.plan(feature_set).tiles_path)
+            types = {c: spark_type(k) for c, k in plan.column_kinds.items()}
+            result = point_in_time_aggregates(plan, pop, tiles, point_in_time_column, types)
+        else:
+            features = spark.read.format("delta").load(self.plan(feature_set).features_path)
+            result = point_in_time_join(feature_set, pop, features, point_in_time_column)
         return result if output == "spark" else result.toPandas()
+
+    def late_events(self, feature_set_or_name: FeatureSet | str) -> pd.DataFrame:
+        """Events that arrived after the watermark, with the reason (aggregated sets)."""
+        feature_set = self.feature_set(feature_set_or_name)
+        path = self.plan(feature_set).late_events_path
+        return self.spark.read.format("delta").load(path).toPandas()
 
     def dead_letters(self, feature_set_or_name: FeatureSet | str) -> pd.DataFrame:
         """Malformed records set aside for ``feature_set`` (payload, position, reason)."""
         feature_set = self.feature_set(feature_set_or_name)
         path = self.plan(feature_set).dead_letter_path
         return self.spark.read.format("delta").load(path).toPandas()
+
+
+def _micros(at: datetime | None) -> int:
+    if at is None:
+        from fs_dagster.stores.online.base import now_micros
+
+        return now_micros()
+    timestamp = pd.Timestamp(at)
+    if timestamp.tzinfo is not None:
+        timestamp = timestamp.tz_convert("UTC").tz_localize(None)
+    return int(timestamp.value // 1000)
 
 
 def _to_spark_precision(frame: pd.DataFrame) -> pd.DataFrame:

@@ -29,27 +29,21 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql.streaming.query import StreamingQuery
 from pyspark.sql.types import (
-    ArrayType,
-    BinaryType,
-    BooleanType,
-    DataType,
-    DateType,
-    DecimalType,
-    DoubleType,
-    FloatType,
-    IntegerType,
-    LongType,
-    MapType,
-    ShortType,
-    StringType,
     StructType,
-    TimestampNTZType,
-    TimestampType,
 )
 
+from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sinks import KafkaSink
+from fs_dagster.engine.aggregates import (
+    aggregation_layout,
+    aggregation_plan,
+    apply_partials,
+    encode_partials,
+    tile_partials,
+)
+from fs_dagster.engine.encoding import online_kind
 from fs_dagster.engine.sources import (
     ERROR_COLUMN,
     PAYLOAD_COLUMN,
@@ -93,6 +87,9 @@ class BatchReport:
         freshness_seconds: seconds from the newest event time to the end of the write.
         duration_seconds: wall time of the batch.
         finished_at: when the batch finished (UTC).
+        tiles_written: tile states written (aggregated feature sets, online).
+        late_events: events older than the watermark, set aside.
+        watermark: the batch's watermark (aggregated feature sets).
     """
 
     pipeline: str
@@ -105,32 +102,9 @@ class BatchReport:
     freshness_seconds: float | None
     duration_seconds: float
     finished_at: datetime
-
-
-def _online_kind(data_type: DataType) -> ColumnKind:
-    if isinstance(data_type, StringType):
-        return "string"
-    if isinstance(data_type, LongType):
-        return "long"
-    if isinstance(data_type, IntegerType | ShortType):
-        return "int"
-    if isinstance(data_type, DoubleType):
-        return "double"
-    if isinstance(data_type, FloatType):
-        return "float"
-    if isinstance(data_type, BooleanType):
-        return "boolean"
-    if isinstance(data_type, TimestampType | TimestampNTZType):
-        return "timestamp"
-    if isinstance(data_type, DateType):
-        return "date"
-    if isinstance(data_type, BinaryType):
-        return "binary"
-    if isinstance(data_type, DecimalType):
-        return "decimal"
-    if isinstance(data_type, ArrayType | MapType | StructType):
-        return "json"
-    return "string"
+    tiles_written: int = 0
+    late_events: int = 0
+    watermark: datetime | None = None
 
 
 def online_table(feature_set: FeatureSet, schema: StructType) -> OnlineTable:
@@ -138,9 +112,9 @@ def online_table(feature_set: FeatureSet, schema: StructType) -> OnlineTable:
     types = {f.name: f.dataType for f in schema.fields}
     return OnlineTable(
         name=feature_set.storage_name,
-        keys=tuple(OnlineColumn(k, _online_kind(types[k])) for k in feature_set.key),
+        keys=tuple(OnlineColumn(k, online_kind(types[k])) for k in feature_set.key),
         features=tuple(
-            OnlineColumn(name, _online_kind(dt)) for name, dt in feature_fields(feature_set, schema)
+            OnlineColumn(name, online_kind(dt)) for name, dt in feature_fields(feature_set, schema)
         ),
         timestamp_column=feature_set.timestamp_column,
         ttl_seconds=feature_set.online_ttl.total_seconds() if feature_set.online_ttl else None,
@@ -188,6 +162,7 @@ class _BatchWriter:
         schema: StructType,
         online_store: OnlineStore | None,
         on_batch: Callable[[BatchReport], None] | None,
+        aggregation: AggregationPlan | None = None,
     ):
         self.feature_set = feature_set
         self.plan = plan
@@ -196,6 +171,7 @@ class _BatchWriter:
         self.online_store = online_store
         self.table = online_table(feature_set, schema)
         self.on_batch = on_batch
+        self.aggregation = aggregation
         self.sinks = [s for s in feature_set.auxiliary_sinks if s.pipeline == pipeline]
         self.query_id: str | None = None
         self.started = threading.Event()
@@ -238,9 +214,13 @@ class _BatchWriter:
             ).first()
             rows_valid = int(stats["n"]) if stats else 0
             max_ts: datetime | None = stats["max_ts"] if stats else None
-            written = 0
+            written = tiles = late = 0
+            watermark: int | None = None
             if rows_valid:
-                if self.pipeline == "online":
+                if self.pipeline == "online" and self.aggregation is not None:
+                    tiles, late, watermark = self._write_aggregates(valid, batch_id)
+                    written = tiles
+                elif self.pipeline == "online":
                     written = self._write_online(valid)
                 else:
                     written = self._write_offline(valid, batch_id)
@@ -261,6 +241,11 @@ class _BatchWriter:
             freshness_seconds=(finished - max_event).total_seconds() if max_event else None,
             duration_seconds=time.monotonic() - began,
             finished_at=finished,
+            tiles_written=tiles,
+            late_events=late,
+            watermark=(
+                datetime.fromtimestamp(watermark / 1e6, UTC) if watermark is not None else None
+            ),
         )
 
     def _dead_letters(self, batch: DataFrame, derived_bad: DataFrame, batch_id: int) -> int:
@@ -339,6 +324,85 @@ class _BatchWriter:
             latest.unpersist()
         return count
 
+    def _write_aggregates(self, valid: DataFrame, batch_id: int) -> tuple[int, int, int | None]:
+        """Late split, tile partials into the online store and the offline tile table."""
+        fs = self.feature_set
+        plan = self.aggregation
+        store = self.online_store
+        assert plan is not None and store is not None
+        micros = F.unix_micros(F.col(fs.timestamp_column).cast("timestamp"))
+        newest_row = valid.agg(F.max(micros)).first()
+        newest_in_batch = newest_row[0] if newest_row else None
+        progress = plan.tile_table.name
+        previous = store.progress_before(progress, batch_id)
+        lateness = int(fs.allowed_lateness.total_seconds() * 1_000_000)
+        watermark = previous - lateness if previous is not None else None
+        late_count = 0
+        on_time = valid
+        if watermark is not None:
+            on_time = valid.where(micros >= F.lit(watermark))
+            late_count = self._write_late(
+                valid.where(micros < F.lit(watermark)), batch_id, watermark, previous
+            )
+        encoded = encode_partials(tile_partials(on_time, plan), plan).persist()
+        try:
+            tiles = encoded.count()
+            if tiles:
+
+                def write_partition(rows: Any) -> None:
+                    apply_partials(store, plan, (row.asDict() for row in rows), batch_id)
+
+                encoded.foreachPartition(write_partition)
+                (
+                    encoded.withColumn("batch_id", F.lit(batch_id).cast("long"))
+                    .write.format("delta")
+                    .mode("append")
+                    .option("txnAppId", f"{self.query_id}-tiles")
+                    .option("txnVersion", batch_id)
+                    .save(self.plan.tiles_path)
+                )
+        finally:
+            encoded.unpersist()
+        candidates = [v for v in (previous, newest_in_batch) if v is not None]
+        if candidates:
+            store.record_progress(progress, batch_id, max(candidates))
+        return tiles, late_count, watermark
+
+    def _write_late(
+        self, late: DataFrame, batch_id: int, watermark: int, newest: int | None
+    ) -> int:
+        fs = self.feature_set
+        late = late.persist()
+        try:
+            count = late.count()
+            if not count:
+                return 0
+            reason = (
+                f"event time is older than the watermark: newest event time seen "
+                f"{datetime.fromtimestamp((newest or 0) / 1e6, UTC).isoformat()} minus "
+                f"allowed_lateness {fs.allowed_lateness}"
+            )
+            (
+                late.select(
+                    F.lit(fs.name).alias("feature_set"),
+                    F.to_json(F.struct(*[F.col(k) for k in fs.key])).alias("key"),
+                    F.col(fs.timestamp_column).cast("timestamp").alias("event_time"),
+                    F.timestamp_micros(F.lit(watermark)).alias("watermark"),
+                    F.lit(reason).alias("reason"),
+                    F.to_json(F.struct(*[F.col(c) for c in late.columns])).alias("payload"),
+                    F.lit(batch_id).cast("long").alias("batch_id"),
+                    F.current_timestamp().alias("recorded_at"),
+                )
+                .write.format("delta")
+                .mode("append")
+                .option("txnAppId", f"{self.query_id}-late")
+                .option("txnVersion", batch_id)
+                .save(self.plan.late_events_path)
+            )
+            return count
+        finally:
+            late.unpersist()
+
     def _write_offline(self, valid: DataFrame, batch_id: int) -> int:
         fs = self.feature_set
         out = valid.withColumn(EVENT_DATE_COLUMN, F.to_date(F.col(fs.timestamp_column)))
@@ -407,24 +471,27 @@ def start_ingestion(
             set (checked before any record is read).
     """
     _check_single_source(feature_set)
-    if feature_set.is_aggregated:
-        # Windowed aggregation ingestion (tiles) is the next piece of work; until it lands,
-        # refuse rather than ingest row-level values under aggregate names.
-        raise FeatureSetDefinitionError(
-            feature_set.name,
-            "transformation",
-            "windowed aggregations can be declared and validated but not ingested yet",
-        )
     session = spark.newSession()
     schema = output_schema(session, feature_set)
+    aggregation = aggregation_plan(feature_set, schema) if feature_set.is_aggregated else None
     if pipeline == "online":
         if online_store is None:
             raise ValueError("online ingestion needs an online store")
-        online_store.ensure_table(online_table(feature_set, schema))
+        if aggregation is not None:
+            online_store.ensure_tile_table(aggregation.tile_table)
+            online_store.record_layout(aggregation_layout(aggregation))
+        else:
+            online_store.ensure_table(online_table(feature_set, schema))
     required = [*feature_set.key, feature_set.timestamp_column]
     stream = read_source(session, feature_set.source, required_columns=required)
     writer = _BatchWriter(
-        feature_set, plan, pipeline, schema=schema, online_store=online_store, on_batch=on_batch
+        feature_set,
+        plan,
+        pipeline,
+        schema=schema,
+        online_store=online_store,
+        on_batch=on_batch,
+        aggregation=aggregation,
     )
     checkpoint = plan.checkpoint_path(pipeline)
     stream_writer = (

@@ -149,6 +149,10 @@ def output_schema(spark: SparkSession, feature_set: FeatureSet) -> StructType:
         _check_udf_on_empty_frame(spark, feature_set, feature_set.transformation.function)
     schema = apply_transformation(feature_set, empty_inputs(spark, feature_set)).schema
     check_output_schema(feature_set, schema)
+    if feature_set.is_aggregated:
+        from fs_dagster.engine.aggregates import check_aggregations
+
+        check_aggregations(feature_set, schema)
     return schema
 
 

@@ -50,6 +50,16 @@ class StoragePlan:
         """Delta table of malformed records, with payload, position and reason."""
         return join_path(self.offline_root, self.feature_set.storage_name, DEAD_LETTER_TABLE)
 
+    @property
+    def tiles_path(self) -> str:
+        """Delta table of per-batch tile partial states (aggregated feature sets)."""
+        return join_path(self.offline_root, self.feature_set.storage_name, "tiles")
+
+    @property
+    def late_events_path(self) -> str:
+        """Delta table of events that arrived after the watermark, with the reason."""
+        return join_path(self.offline_root, self.feature_set.storage_name, "late_events")
+
     def checkpoint_path(self, pipeline: Pipeline) -> str:
         """Checkpoint of one pipeline's streaming query (one per feature set and query)."""
         return join_path(self.checkpoint_root, self.feature_set.storage_name, pipeline)

@@ -7,6 +7,7 @@ tests can kill a real ingestion process and restart it.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import uuid
@@ -19,6 +20,8 @@ from typing import Any
 import pandas as pd
 
 import fs_dagster as fs
+
+_LAST_MTIME_NS = 0
 
 SCHEMA = "user_id STRING, amount DOUBLE, is_remote BOOLEAN, ts TIMESTAMP"
 BASE_TIME = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -123,9 +126,15 @@ def expected_latest(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, 
 def write_json_file(directory: Path, lines: Iterable[str]) -> Path:
     """Drop a JSON-lines file atomically into a file source's directory."""
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"{uuid.uuid4().hex}.json"
+    # Spark reads new files in modification-time order: names and times that increase
+    # with each call keep the stream in the order the test wrote it.
+    global _LAST_MTIME_NS
+    stamp = max(time.time_ns(), _LAST_MTIME_NS + 10_000_000)
+    _LAST_MTIME_NS = stamp
+    name = f"{stamp}-{uuid.uuid4().hex[:8]}.json"
     hidden = directory / f".{name}.tmp"
     hidden.write_text("".join(line + "\n" for line in lines))
+    os.utime(hidden, ns=(stamp, stamp))
     return hidden.replace(directory / name)
 
 

@@ -24,6 +24,9 @@ __all__ = [
     "OnlineColumn",
     "OnlineStore",
     "OnlineTable",
+    "StoredTile",
+    "TileTable",
+    "TileWrite",
     "now_micros",
 ]
 
@@ -141,6 +144,46 @@ class OnlineTable:
         return frame
 
 
+@dataclass(frozen=True)
+class TileTable:
+    """The layout of one aggregated feature set's tile table.
+
+    Rows are keyed by the entity key, the tile resolution (seconds) and the tile start
+    (seconds since the epoch); each holds the tile's full partial state (JSON) and the
+    version (micro-batch id) that wrote it.
+    """
+
+    name: str
+    keys: tuple[OnlineColumn, ...]
+
+    @property
+    def key_names(self) -> list[str]:
+        """Key column names."""
+        return [c.name for c in self.keys]
+
+
+@dataclass(frozen=True)
+class StoredTile:
+    """A tile as stored: resolution and start (seconds), version and state JSON."""
+
+    resolution: int
+    start: int
+    version: int
+    state: str
+
+
+@dataclass(frozen=True)
+class TileWrite:
+    """A full tile state to store, with its version and time to live (seconds)."""
+
+    key: tuple[Any, ...]
+    resolution: int
+    start: int
+    version: int
+    state: str
+    ttl_seconds: int
+
+
 def _as_date(value: Any) -> Any:
     if value is None or isinstance(value, date):
         return value
@@ -160,6 +203,10 @@ class OnlineStore(ABC):
     def ensure_table(self, table: OnlineTable) -> None:
         """Create the table if it does not exist, add missing feature columns, and record
         the layout (see :meth:`layout`)."""
+
+    @abstractmethod
+    def record_layout(self, table: OnlineTable) -> None:
+        """Record a layout for Spark-free readers (done by :meth:`ensure_table` too)."""
 
     @abstractmethod
     def layout(self, name: str) -> OnlineTable | None:
@@ -182,6 +229,35 @@ class OnlineStore(ABC):
     def read(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
         """The latest feature vectors for ``keys`` as a DataFrame, one row per key."""
         return table.decode(self.read_rows(table, keys), keys)
+
+    @abstractmethod
+    def ensure_tile_table(self, table: TileTable) -> None:
+        """Create the tile table (and the progress table) if missing."""
+
+    @abstractmethod
+    def read_tiles(
+        self, table: TileTable, key: tuple[Any, ...], ranges: Sequence[tuple[int, int, int]]
+    ) -> list[StoredTile]:
+        """Tiles of ``key`` with ``first <= start <= last`` for each
+        ``(resolution, first, last)`` in ``ranges``."""
+
+    @abstractmethod
+    def read_tile_versions(
+        self, table: TileTable, tiles: Sequence[tuple[tuple[Any, ...], int, int]]
+    ) -> list[StoredTile | None]:
+        """The stored tiles at exact ``(key, resolution, start)`` positions, in order."""
+
+    @abstractmethod
+    def write_tiles(self, table: TileTable, writes: Sequence[TileWrite]) -> int:
+        """Store full tile states; a write never replaces a tile of a newer version."""
+
+    @abstractmethod
+    def progress_before(self, name: str, batch_id: int) -> int | None:
+        """The newest event time (micros) recorded by a batch before ``batch_id``."""
+
+    @abstractmethod
+    def record_progress(self, name: str, batch_id: int, max_event_micros: int) -> None:
+        """Record the newest event time seen up to and including ``batch_id``."""
 
     def close(self) -> None:  # noqa: B027 - optional for stores without connections
         """Release connections held by this process."""

@@ -17,12 +17,16 @@ from fs_dagster.stores.online.base import (
     ColumnKind,
     OnlineStore,
     OnlineTable,
+    StoredTile,
+    TileTable,
+    TileWrite,
     now_micros,
 )
 
 __all__ = ["CassandraOnlineStore"]
 
 _LAYOUTS = "fs_dagster_tables"
+_PROGRESS = "fs_dagster_progress"
 
 _CQL_TYPES: dict[ColumnKind, str] = {
     "string": "text",
@@ -182,6 +186,13 @@ class CassandraOnlineStore(OnlineStore):
                     f"ALTER TABLE {self._table(table)} ADD {_quote(column.name)} "
                     f"{_CQL_TYPES[column.kind]}"
                 )
+        self.record_layout(table)
+        self._prepared.clear()
+
+    def record_layout(self, table: OnlineTable) -> None:
+        """Record ``table``'s layout (creating the keyspace if needed)."""
+        self.ensure_keyspace()
+        session = self._session()
         layouts = f"{_quote(self.keyspace)}.{_LAYOUTS}"
         session.execute(
             f"CREATE TABLE IF NOT EXISTS {layouts} (name text PRIMARY KEY, layout text)"
@@ -190,7 +201,6 @@ class CassandraOnlineStore(OnlineStore):
             session.prepare(f"INSERT INTO {layouts} (name, layout) VALUES (?, ?)"),
             (table.name, table.to_json()),
         )
-        self._prepared.clear()
 
     def layout(self, name: str) -> OnlineTable | None:
         """The recorded layout of table ``name``."""
@@ -263,6 +273,144 @@ class CassandraOnlineStore(OnlineStore):
             first = result.one()
             rows.append(None if first is None else dict(zip(names, first, strict=True)))
         return rows
+
+    def ensure_tile_table(self, table: TileTable) -> None:
+        """Create the keyspace, the tile table and the progress table if missing.
+
+        A tile partition is one key at one resolution, clustered by tile start, so a
+        window read is one range scan per resolution.
+        """
+        self.ensure_keyspace()
+        session = self._session()
+        keys = [f"{_quote(c.name)} {_CQL_TYPES[c.kind]}" for c in table.keys]
+        partition = ", ".join([*(_quote(c.name) for c in table.keys), "resolution"])
+        session.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._qualified(table.name)} ({', '.join(keys)}, "
+            "resolution int, tile_start bigint, version bigint, state text, "
+            f"PRIMARY KEY (({partition}), tile_start)) WITH CLUSTERING ORDER BY (tile_start DESC)"
+        )
+        session.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._qualified(_PROGRESS)} (name text, batch_id bigint, "
+            "max_event_micros bigint, PRIMARY KEY ((name), batch_id)) "
+            "WITH CLUSTERING ORDER BY (batch_id DESC)"
+        )
+        self._prepared.clear()
+
+    def _qualified(self, name: str) -> str:
+        return f"{_quote(self.keyspace)}.{_quote(name)}"
+
+    def _tile_where(self, table: TileTable) -> str:
+        return " AND ".join([*(f"{_quote(n)} = ?" for n in table.key_names), "resolution = ?"])
+
+    def read_tiles(
+        self, table: TileTable, key: tuple[Any, ...], ranges: Sequence[tuple[int, int, int]]
+    ) -> list[StoredTile]:
+        """Tiles of ``key`` in the given ranges (one range scan per resolution)."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        cql = (
+            f"SELECT resolution, tile_start, version, state FROM {self._qualified(table.name)} "
+            f"WHERE {self._tile_where(table)} AND tile_start >= ? AND tile_start <= ?"
+        )
+        statement = self._prepared_for(table.name, "tiles", cql)
+        args = [(*key, resolution, first, last) for resolution, first, last in ranges]
+        results = execute_concurrent_with_args(
+            self._session(),
+            statement,
+            args,
+            concurrency=self.concurrency,
+            raise_on_first_error=True,
+        )
+        return [StoredTile(*row) for _ok, result in results for row in result]
+
+    def read_tile_versions(
+        self, table: TileTable, tiles: Sequence[tuple[tuple[Any, ...], int, int]]
+    ) -> list[StoredTile | None]:
+        """Stored tiles at exact positions, read concurrently."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        cql = (
+            f"SELECT resolution, tile_start, version, state FROM {self._qualified(table.name)} "
+            f"WHERE {self._tile_where(table)} AND tile_start = ?"
+        )
+        statement = self._prepared_for(table.name, "tile", cql)
+        args = [(*key, resolution, start) for key, resolution, start in tiles]
+        results = execute_concurrent_with_args(
+            self._session(),
+            statement,
+            args,
+            concurrency=self.concurrency,
+            raise_on_first_error=True,
+        )
+        found: list[StoredTile | None] = []
+        for _ok, result in results:
+            row = result.one()
+            found.append(None if row is None else StoredTile(*row))
+        return found
+
+    def write_tiles(self, table: TileTable, writes: Sequence[TileWrite]) -> int:
+        """Write full tile states ``USING TIMESTAMP <version>``: an older one never wins."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        names = [*table.key_names, "resolution", "tile_start", "version", "state"]
+        cql = (
+            f"INSERT INTO {self._qualified(table.name)} ({', '.join(_quote(n) for n in names)}) "
+            f"VALUES ({', '.join('?' for _ in names)}) USING TIMESTAMP ? AND TTL ?"
+        )
+        statement = self._prepared_for(table.name, "write-tile", cql)
+        # Cassandra write timestamps must grow with the version; +1 keeps version 0 valid.
+        args = [
+            (
+                *w.key,
+                w.resolution,
+                w.start,
+                w.version,
+                w.state,
+                w.version + 1,
+                max(w.ttl_seconds, 1),
+            )
+            for w in writes
+        ]
+        if args:
+            execute_concurrent_with_args(
+                self._session(),
+                statement,
+                args,
+                concurrency=self.concurrency,
+                raise_on_first_error=True,
+            )
+        return len(args)
+
+    def progress_before(self, name: str, batch_id: int) -> int | None:
+        """Newest event time recorded before ``batch_id``."""
+        cql = (
+            f"SELECT max_event_micros FROM {self._qualified(_PROGRESS)} "
+            "WHERE name = ? AND batch_id < ? LIMIT 1"
+        )
+        row = (
+            self._session()
+            .execute(self._prepared_for(_PROGRESS, "progress-read", cql), (name, batch_id))
+            .one()
+        )
+        return None if row is None else int(row[0])
+
+    def record_progress(self, name: str, batch_id: int, max_event_micros: int) -> None:
+        """Record the newest event time through ``batch_id`` (idempotent)."""
+        cql = (
+            f"INSERT INTO {self._qualified(_PROGRESS)} (name, batch_id, max_event_micros) "
+            "VALUES (?, ?, ?)"
+        )
+        self._session().execute(
+            self._prepared_for(_PROGRESS, "progress-write", cql), (name, batch_id, max_event_micros)
+        )
+
+    def _prepared_for(self, table_name: str, kind: str, cql: str) -> Any:
+        cache_key = (table_name, kind)
+        prepared = self._prepared.get(cache_key)
+        if prepared is None:
+            prepared = self._session().prepare(cql)
+            self._prepared[cache_key] = prepared
+        return prepared
 
     def close(self) -> None:
         """Shut down this process's cluster connection for this configuration."""

@@ -13,11 +13,16 @@ from fs_dagster.stores.online.base import (
     ColumnKind,
     OnlineStore,
     OnlineTable,
+    StoredTile,
+    TileTable,
+    TileWrite,
+    now_micros,
 )
 
 __all__ = ["SqliteOnlineStore"]
 
 _LAYOUTS = "fs_dagster_tables"
+_PROGRESS = "fs_dagster_progress"
 
 _SQL_TYPES: dict[ColumnKind, str] = {
     "string": "TEXT",
@@ -95,6 +100,11 @@ class SqliteOnlineStore(OnlineStore):
                     f"ALTER TABLE {_quote(table.name)} ADD COLUMN "
                     f"{_quote(column.name)} {_SQL_TYPES[column.kind]}"
                 )
+        self.record_layout(table)
+
+    def record_layout(self, table: OnlineTable) -> None:
+        """Record ``table``'s layout."""
+        con = self._connection()
         con.execute(f"CREATE TABLE IF NOT EXISTS {_LAYOUTS} (name TEXT PRIMARY KEY, layout TEXT)")
         con.execute(
             f"INSERT INTO {_LAYOUTS} (name, layout) VALUES (?, ?) "
@@ -162,6 +172,106 @@ class SqliteOnlineStore(OnlineStore):
                     record[name] = bool(record[name])
             results.append(record)
         return results
+
+    def ensure_tile_table(self, table: TileTable) -> None:
+        """Create the tile and progress tables if missing."""
+        con = self._connection()
+        keys = [f"{_quote(c.name)} {_SQL_TYPES[c.kind]} NOT NULL" for c in table.keys]
+        primary = ", ".join([*(_quote(c.name) for c in table.keys), "resolution", "tile_start"])
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {_quote(table.name)} ({', '.join(keys)}, "
+            "resolution INTEGER NOT NULL, tile_start INTEGER NOT NULL, "
+            "version INTEGER NOT NULL, state TEXT NOT NULL, expires_at INTEGER, "
+            f"PRIMARY KEY ({primary}))"
+        )
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {_PROGRESS} (name TEXT NOT NULL, "
+            "batch_id INTEGER NOT NULL, max_event_micros INTEGER NOT NULL, "
+            "PRIMARY KEY (name, batch_id))"
+        )
+
+    def _key_where(self, table: TileTable) -> str:
+        return " AND ".join(f"{_quote(n)} = ?" for n in table.key_names)
+
+    def read_tiles(
+        self, table: TileTable, key: tuple[Any, ...], ranges: Sequence[tuple[int, int, int]]
+    ) -> list[StoredTile]:
+        """Unexpired tiles of ``key`` in the given ranges."""
+        con = self._connection()
+        now = now_micros() // 1_000_000
+        statement = (
+            f"SELECT resolution, tile_start, version, state FROM {_quote(table.name)} "
+            f"WHERE {self._key_where(table)} AND resolution = ? AND tile_start BETWEEN ? AND ? "
+            "AND (expires_at IS NULL OR expires_at > ?)"
+        )
+        tiles: list[StoredTile] = []
+        for resolution, first, last in ranges:
+            for row in con.execute(statement, (*key, resolution, first, last, now)):
+                tiles.append(StoredTile(*row))
+        return tiles
+
+    def read_tile_versions(
+        self, table: TileTable, tiles: Sequence[tuple[tuple[Any, ...], int, int]]
+    ) -> list[StoredTile | None]:
+        """Stored tiles at exact positions."""
+        con = self._connection()
+        statement = (
+            f"SELECT resolution, tile_start, version, state FROM {_quote(table.name)} "
+            f"WHERE {self._key_where(table)} AND resolution = ? AND tile_start = ?"
+        )
+        found: list[StoredTile | None] = []
+        for key, resolution, start in tiles:
+            row = con.execute(statement, (*key, resolution, start)).fetchone()
+            found.append(StoredTile(*row) if row else None)
+        return found
+
+    def write_tiles(self, table: TileTable, writes: Sequence[TileWrite]) -> int:
+        """Upsert tile states in one transaction; older versions never win."""
+        if not writes:
+            return 0
+        names = [*table.key_names, "resolution", "tile_start", "version", "state", "expires_at"]
+        conflict = ", ".join([*(_quote(n) for n in table.key_names), "resolution", "tile_start"])
+        statement = (
+            f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(n) for n in names)}) "
+            f"VALUES ({', '.join('?' for _ in names)}) ON CONFLICT ({conflict}) DO UPDATE SET "
+            "version = excluded.version, state = excluded.state, expires_at = excluded.expires_at "
+            f"WHERE excluded.version >= {_quote(table.name)}.version"
+        )
+        now = now_micros() // 1_000_000
+        values = [
+            (*w.key, w.resolution, w.start, w.version, w.state, now + w.ttl_seconds) for w in writes
+        ]
+        con = self._connection()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany(statement, values)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return len(values)
+
+    def progress_before(self, name: str, batch_id: int) -> int | None:
+        """Newest event time recorded before ``batch_id``."""
+        row = (
+            self._connection()
+            .execute(
+                f"SELECT max_event_micros FROM {_PROGRESS} WHERE name = ? AND batch_id < ? "
+                "ORDER BY batch_id DESC LIMIT 1",
+                (name, batch_id),
+            )
+            .fetchone()
+        )
+        return None if row is None else int(row[0])
+
+    def record_progress(self, name: str, batch_id: int, max_event_micros: int) -> None:
+        """Record the newest event time through ``batch_id`` (idempotent)."""
+        self._connection().execute(
+            f"INSERT INTO {_PROGRESS} (name, batch_id, max_event_micros) VALUES (?, ?, ?) "
+            "ON CONFLICT (name, batch_id) DO UPDATE SET "
+            "max_event_micros = excluded.max_event_micros",
+            (name, batch_id, max_event_micros),
+        )
 
     def close(self) -> None:
         """Close this thread's connection."""

@@ -1,0 +1,107 @@
+"""Brute-force reference for windowed aggregates: pandas over the raw events.
+
+It applies the window semantics the README documents (``tiles.window_bounds``): window
+``W`` read at ``t`` covers event times in ``[S, E)``; everything else is computed from
+the raw values with no tiles and no merging.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from fs_dagster.aggregation.tiles import window_bounds
+from fs_dagster.definitions.aggregations import AggregateSpec
+from fs_dagster.definitions.feature_set import FeatureSet
+
+
+def _newest_first(item: tuple[int, Any]) -> tuple[Any, ...]:
+    return (-item[0], repr(item[1]))
+
+
+def oracle_value(spec: AggregateSpec, rows: pd.DataFrame) -> Any:
+    """The aggregate of ``rows`` (columns ``micros`` and the spec's column)."""
+    present = rows[rows[spec.column].notna()]
+    values = list(present[spec.column])
+    f = spec.function
+    if f == "sum":
+        return sum(values) if values else 0
+    if f == "count":
+        return len(values)
+    if not values:
+        return None
+    if f == "avg":
+        return math.fsum(values) / len(values)
+    if f == "min":
+        return min(values)
+    if f == "max":
+        return max(values)
+    if f == "boolean_or":
+        return any(values)
+    if f == "boolean_and":
+        return all(values)
+    if f in ("sample_variance", "sample_stdev", "population_variance", "population_stdev"):
+        series = pd.Series(values, dtype="float64")
+        ddof = 1 if f.startswith("sample") else 0
+        if len(values) <= ddof:
+            return None
+        variance = float(series.var(ddof=ddof))
+        return math.sqrt(variance) if f.endswith("stdev") else variance
+    pairs = list(zip(present["micros"], values, strict=True))
+    if f == "last_n":
+        return [v for _, v in sorted(pairs, key=_newest_first)[: spec.n]]
+    if f == "last_distinct_n":
+        latest: dict[Any, int] = {}
+        for ts, v in pairs:
+            latest[v] = max(latest.get(v, ts), ts)
+        ordered = sorted(((ts, v) for v, ts in latest.items()), key=_newest_first)
+        return [v for _, v in ordered[: spec.n]]
+    if f == "percentile":
+        assert spec.p is not None
+        ordered_values = sorted(values)
+        return ordered_values[math.floor(spec.p * (len(ordered_values) - 1))]
+    raise ValueError(f)
+
+
+def oracle(
+    feature_set: FeatureSet, events: pd.DataFrame, key: str, at_micros: int
+) -> dict[str, Any]:
+    """Every feature of ``feature_set`` for ``key`` at ``at_micros``.
+
+    ``events`` has the key column, ``micros`` (event time) and the value columns.
+    """
+    mine = events[events[feature_set.key[0]] == key]
+    result: dict[str, Any] = {}
+    for spec in feature_set.aggregations:
+        for window in feature_set.windows:
+            start, end = window_bounds(window.seconds, at_micros)
+            rows = mine[(mine["micros"] >= start * 1_000_000) & (mine["micros"] < end * 1_000_000)]
+            result[spec.feature_name(window)] = oracle_value(spec, rows)
+    return result
+
+
+def assert_matches(
+    feature_set: FeatureSet, got: dict[str, Any], want: dict[str, Any], where: str
+) -> None:
+    """Compare feature values: floats within 1e-9 relative, percentiles within 1%."""
+    for spec in feature_set.aggregations:
+        for window in feature_set.windows:
+            name = spec.feature_name(window)
+            g, w = got[name], want[name]
+            label = f"{where} {name}: got {g!r}, want {w!r}"
+            if w is None:
+                assert g is None or (isinstance(g, float) and math.isnan(g)), label
+                continue
+            assert g is not None and not (isinstance(g, float) and math.isnan(g)), label
+            if spec.function == "percentile":
+                assert abs(g - w) <= 0.01 * abs(w) + 1e-12, label
+            elif isinstance(w, bool) or spec.function in ("boolean_or", "boolean_and"):
+                assert bool(g) == w, label
+            elif isinstance(w, list):
+                assert list(g) == w, label
+            elif isinstance(w, float) or isinstance(g, float):
+                assert math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9), label
+            else:
+                assert g == w, label
