@@ -21,7 +21,7 @@ import pandas as pd
 
 import fs_dagster as fs
 
-_LAST_MTIME_NS = 0
+_LAST_MTIME = [0]
 
 SCHEMA = "user_id STRING, amount DOUBLE, is_remote BOOLEAN, ts TIMESTAMP"
 BASE_TIME = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -128,9 +128,8 @@ def write_json_file(directory: Path, lines: Iterable[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     # Spark reads new files in modification-time order: names and times that increase
     # with each call keep the stream in the order the test wrote it.
-    global _LAST_MTIME_NS
-    stamp = max(time.time_ns(), _LAST_MTIME_NS + 10_000_000)
-    _LAST_MTIME_NS = stamp
+    stamp = max(time.time_ns(), _LAST_MTIME[0] + 10_000_000)
+    _LAST_MTIME[0] = stamp
     name = f"{stamp}-{uuid.uuid4().hex[:8]}.json"
     hidden = directory / f".{name}.tmp"
     hidden.write_text("".join(line + "\n" for line in lines))
