@@ -19,7 +19,11 @@ from fs_dagster import CassandraOnlineStore, OnlineStore, SparkSettings, SqliteO
 from fs_dagster.engine import pipeline
 from fs_dagster.engine.spark_session import create_spark_session
 from fs_dagster.planning.plan import StoragePlan
-from tests.integration.scenario import SourceSpec, transactions_feature_set
+from tests.integration.scenario import (
+    SourceSpec,
+    aggregated_feature_set,
+    transactions_feature_set,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,6 +46,7 @@ def main() -> None:
     parser.add_argument("--online-store", default=None)
     parser.add_argument("--crash-after-batch", type=int, default=None)
     parser.add_argument("--run-seconds", type=float, default=120)
+    parser.add_argument("--aggregated", action="store_true")
     args = parser.parse_args()
 
     if args.crash_after_batch is not None:
@@ -65,7 +70,8 @@ def main() -> None:
     spark = create_spark_session(
         SparkSettings(master="local[2]", jars=tuple(jars.split(",")), shuffle_partitions=2)
     )
-    feature_set = transactions_feature_set(SourceSpec.from_json(args.source), args.name)
+    build = aggregated_feature_set if args.aggregated else transactions_feature_set
+    feature_set = build(SourceSpec.from_json(args.source), args.name)
     plan = StoragePlan(feature_set, args.offline_root, args.checkpoint_root)
     store = _online_store(args.online_store) if args.online_store else None
     ingestion = pipeline.start_ingestion(

@@ -94,6 +94,32 @@ def transactions_feature_set(
     )(transformation)
 
 
+def aggregated_feature_set(spec: SourceSpec, name: str) -> fs.FeatureSet:
+    """Windowed aggregates per user over the same events."""
+    source = spec.build()
+
+    def transformation() -> fs.SparkSqlTransformation:
+        return (
+            fs.SparkSqlTransformation(f"SELECT user_id, amount, is_remote, ts FROM {source.name}")
+            .aggregate(fs.Aggregation.sum("amount"))
+            .aggregate(fs.Aggregation.count("amount"))
+            .aggregate(fs.Aggregation.max("amount"))
+            .aggregate(fs.Aggregation.sample_variance("amount"))
+            .aggregate(fs.Aggregation.boolean_or("is_remote"))
+            .by_windows("1m", "1h", "7d")
+        )
+
+    transformation.__name__ = name.replace("-", "_")
+    return fs.streaming.feature_set(
+        name=name,
+        key="user_id",
+        data_sources=[source],
+        timestamp_column_name="ts",
+        online_trigger_interval=1,
+        allowed_lateness="1 day",
+    )(transformation)
+
+
 def make_events(
     count: int, users: int, *, seed: int, start: datetime = BASE_TIME
 ) -> list[dict[str, Any]]:
