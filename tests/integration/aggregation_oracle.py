@@ -8,6 +8,7 @@ the raw values with no tiles and no merging.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -83,7 +84,7 @@ def oracle(
 
 
 def assert_matches(
-    feature_set: FeatureSet, got: dict[str, Any], want: dict[str, Any], where: str
+    feature_set: FeatureSet, got: Mapping[Any, Any], want: dict[str, Any], where: str
 ) -> None:
     """Compare feature values: floats within 1e-9 relative, percentiles within 1%."""
     for spec in feature_set.aggregations:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 def _assert_online_matches(
-    store: fs.FeatureStore, feature_set: fs.FeatureSet, events: list
+    store: fs.FeatureStore, feature_set: fs.FeatureSet, events: list[dict[str, Any]]
 ) -> None:
     expected = expected_latest(events)
     users = sorted(expected)
@@ -73,7 +74,10 @@ def test_file_source_to_sqlite_and_local_delta(spark: SparkSession, tmp_path: Pa
     offline.query.awaitTermination()
     rows = spark.read.format("delta").load(plan.features_path).toPandas()
     assert len(rows) == len(events)
-    got = sorted((r.user_id, r.ts.isoformat(), r.amount) for r in rows.itertuples())
+    got = sorted(
+        (r.user_id, pd.Timestamp(r.ts).isoformat(), r.amount)  # type: ignore[arg-type]
+        for r in rows.itertuples()
+    )
     want = sorted(
         (e["user_id"], pd.Timestamp(e["ts"]).tz_convert(None).isoformat(), e["amount"])
         for e in events

@@ -7,6 +7,7 @@ import random
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -25,7 +26,9 @@ from tests.integration.scenario import (
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
-def _oracle(events: list[dict], user: str, at: pd.Timestamp, ttl: timedelta | None) -> dict | None:
+def _oracle(
+    events: list[dict[str, Any]], user: str, at: pd.Timestamp, ttl: timedelta | None
+) -> dict[str, Any] | None:
     """Brute force: the newest event of ``user`` at or before ``at`` (within the TTL)."""
     best = None
     for event in events:
@@ -82,14 +85,15 @@ def test_point_in_time_matches_brute_force(
     assert len(result) == len(population)
     assert list(result.columns)[:3] == ["user_id", "timestamp", "label"]
     ttl_delta = feature_set.online_ttl
-    for row in result.itertuples():
-        expected = _oracle(events, row.user_id, row.timestamp, ttl_delta)
+    records: list[dict[str, Any]] = result.to_dict("records")  # type: ignore[assignment]
+    for row in records:
+        expected = _oracle(events, row["user_id"], pd.Timestamp(row["timestamp"]), ttl_delta)
         if expected is None:
-            assert pd.isna(row.amount), row
-            assert pd.isna(row.ts), row
+            assert pd.isna(row["amount"]), row
+            assert pd.isna(row["ts"]), row
         else:
-            assert row.amount == expected["amount"], row
-            assert row.ts == pd.Timestamp(expected["ts"]).tz_convert(None), row
+            assert row["amount"] == expected["amount"], row
+            assert row["ts"] == pd.Timestamp(expected["ts"]).tz_convert(None), row
     assert result.loc[result["label"] == 0, "amount"].iloc[0] == events[50]["amount"]
 
 

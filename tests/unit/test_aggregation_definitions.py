@@ -29,7 +29,7 @@ def declare(transformation: object, **overrides: object) -> fs.FeatureSet:
         "timestamp_column_name": "ts",
     }
     params.update(overrides)
-    return fs.streaming.feature_set(**params)(lambda: transformation)  # type: ignore[arg-type]
+    return fs.streaming.feature_set(**params)(lambda: transformation)  # type: ignore[arg-type,return-value]
 
 
 SQL = "SELECT user_id, amount, item, is_remote, ts FROM tx"
