@@ -18,6 +18,7 @@ from typing import Any
 from dagster import (
     AssetMaterialization,
     Config,
+    DagsterInstance,
     DefaultSensorStatus,
     Failure,
     JobDefinition,
@@ -33,6 +34,7 @@ from dagster import (
     sensor,
 )
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES, DagsterRunStatus
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
@@ -84,6 +86,12 @@ def _summary(reports: list[BatchReport], progress: dict[str, Any] | None) -> dic
     }
     if freshness:
         metadata[metadata_key("freshness_seconds")] = freshness[-1]
+    if any(r.tiles_written or r.late_events or r.watermark for r in reports):
+        metadata[metadata_key("tiles_written")] = sum(r.tiles_written for r in reports)
+        metadata[metadata_key("late_events")] = sum(r.late_events for r in reports)
+        watermarks = [r.watermark for r in reports if r.watermark is not None]
+        if watermarks:
+            metadata[metadata_key("watermark")] = MetadataValue.timestamp(watermarks[-1])
     if last.max_event_time is not None:
         metadata[metadata_key("max_event_time")] = MetadataValue.timestamp(last.max_event_time)
     lag = _kafka_lag(progress)
@@ -102,6 +110,31 @@ def _kafka_lag(progress: dict[str, Any] | None) -> int | None:
     return None
 
 
+def _drain(reports: queue.Queue[BatchReport], into: list[BatchReport]) -> None:
+    while True:
+        try:
+            into.append(reports.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _report(
+    context: OpExecutionContext,
+    feature_set: FeatureSet,
+    ingestion: IngestionQuery,
+    pending: list[BatchReport],
+) -> int:
+    if not pending:
+        return 0
+    context.log_event(
+        AssetMaterialization(
+            asset_key=online_asset_key(feature_set),
+            metadata=_summary(pending, ingestion.query.lastProgress),
+        )
+    )
+    return len(pending)
+
+
 def _run_until_stopped(
     context: OpExecutionContext,
     ingestion: IngestionQuery,
@@ -113,47 +146,34 @@ def _run_until_stopped(
     last_report = last_heartbeat = 0.0
     pending: list[BatchReport] = []
     total_batches = 0
-    while True:
-        now = time.monotonic()
-        if now - last_heartbeat >= config.heartbeat_every_seconds:
-            context.instance.add_run_tags(
-                context.run_id, {HEARTBEAT_TAG: datetime.now(UTC).isoformat()}
-            )
-            last_heartbeat = now
+    try:
         while True:
-            try:
-                pending.append(reports.get_nowait())
-            except queue.Empty:
-                break
-        if pending and now - last_report >= config.report_every_seconds:
-            context.log_event(
-                AssetMaterialization(
-                    asset_key=online_asset_key(feature_set),
-                    metadata=_summary(pending, ingestion.query.lastProgress),
+            now = time.monotonic()
+            if now - last_heartbeat >= config.heartbeat_every_seconds:
+                context.instance.add_run_tags(
+                    context.run_id, {HEARTBEAT_TAG: datetime.now(UTC).isoformat()}
                 )
-            )
-            total_batches += len(pending)
-            pending = []
-            last_report = now
-        error = ingestion.query.exception()
-        if error is not None:
-            raise Failure(
-                description=f"online ingestion of '{feature_set.name}' failed: {error}",
-                metadata={metadata_key("batches"): total_batches},
-            )
-        if not ingestion.query.isActive:
-            break
-        if config.run_for_seconds is not None and now - started >= config.run_for_seconds:
-            break
-        ingestion.query.awaitTermination(1)
-    if pending:
-        context.log_event(
-            AssetMaterialization(
-                asset_key=online_asset_key(feature_set),
-                metadata=_summary(pending, ingestion.query.lastProgress),
-            )
-        )
-        total_batches += len(pending)
+                last_heartbeat = now
+            _drain(reports, pending)
+            if pending and now - last_report >= config.report_every_seconds:
+                total_batches += _report(context, feature_set, ingestion, pending)
+                pending = []
+                last_report = now
+            error = ingestion.query.exception()
+            if error is not None:
+                raise Failure(
+                    description=f"online ingestion of '{feature_set.name}' failed: {error}",
+                    metadata={metadata_key("batches"): total_batches},
+                )
+            if not ingestion.query.isActive:
+                break
+            if config.run_for_seconds is not None and now - started >= config.run_for_seconds:
+                break
+            ingestion.query.awaitTermination(1)
+    finally:
+        # Also when the run is terminated: batches written since the last report count.
+        _drain(reports, pending)
+        total_batches += _report(context, feature_set, ingestion, pending)
     return total_batches
 
 
@@ -204,6 +224,16 @@ def build_online_job(feature_set: FeatureSet) -> JobDefinition:
     return online_job
 
 
+def _last_attempt(instance: DagsterInstance, job_name: str, sensor_name: str, prefix: str) -> int:
+    """The attempt number in the run key of the sensor's latest run (0 if none)."""
+    runs = instance.get_runs(
+        filters=RunsFilter(job_name=job_name, tags={SENSOR_NAME_TAG: sensor_name}), limit=1
+    )
+    key = runs[0].tags.get(RUN_KEY_TAG, "") if runs else ""
+    number = key[len(prefix) :] if key.startswith(prefix) else ""
+    return int(number) if number.isdigit() else 0
+
+
 def build_supervisor_sensor(
     feature_set: FeatureSet,
     online_job: JobDefinition,
@@ -223,6 +253,7 @@ def build_supervisor_sensor(
         default_status: whether the sensor runs as soon as the code location loads.
     """
     timeout = heartbeat_timeout_seconds or max(120.0, 10 * feature_set.online_trigger_interval)
+    prefix = f"{feature_set.storage_name}-online-"
 
     @sensor(
         name=supervisor_sensor_name(feature_set),
@@ -265,10 +296,13 @@ def build_supervisor_sensor(
                 ),
             )
             context.log.warning(f"run {run.run_id} stopped heartbeating; starting a new one")
-        attempt = int(context.cursor or 0) + 1
+        # Run keys deduplicate forever, so the key must be new even if the cursor was lost
+        # (a sensor reset): continue after the key of this sensor's latest run.
+        last = _last_attempt(instance, online_job.name, supervisor_sensor_name(feature_set), prefix)
+        attempt = max(int(context.cursor or 0), last) + 1
         context.update_cursor(str(attempt))
         return RunRequest(
-            run_key=f"{feature_set.storage_name}-online-{attempt}",
+            run_key=f"{prefix}{attempt}",
             tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
         )
 

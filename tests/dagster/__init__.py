@@ -1,0 +1,1 @@
+"""Tests of the Dagster layer: definitions, sensors, schedules, runs and ``dagster dev``."""
