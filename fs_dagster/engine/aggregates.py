@@ -376,11 +376,9 @@ def read_aggregates(
     spans = [(r.resolution, r.first, r.last) for r in ranges]
     fs = plan.feature_set
     records: list[dict[str, Any]] = []
-    for key in keys:
-        tiles = {
-            (t.resolution, t.start): json.loads(t.state)
-            for t in store.read_tiles(plan.tile_table, key, spans)
-        }
+    stored = store.read_tiles_for_keys(plan.tile_table, keys, spans) if spans else [[]] * len(keys)
+    for key, key_tiles in zip(keys, stored, strict=True):
+        tiles = {(t.resolution, t.start): json.loads(t.state) for t in key_tiles}
         record: dict[str, Any] = dict(zip(fs.key, key, strict=True))
         record[fs.timestamp_column] = pd.Timestamp(at_micros, unit="us")
         record.update(window_values(plan, tiles, at_micros))

@@ -241,6 +241,15 @@ class OnlineStore(ABC):
         """Tiles of ``key`` with ``first <= start <= last`` for each
         ``(resolution, first, last)`` in ``ranges``."""
 
+    def read_tiles_for_keys(
+        self,
+        table: TileTable,
+        keys: Sequence[tuple[Any, ...]],
+        ranges: Sequence[tuple[int, int, int]],
+    ) -> list[list[StoredTile]]:
+        """:meth:`read_tiles` for several keys, in order (stores may read concurrently)."""
+        return [self.read_tiles(table, key, ranges) for key in keys]
+
     @abstractmethod
     def read_tile_versions(
         self, table: TileTable, tiles: Sequence[tuple[tuple[Any, ...], int, int]]

@@ -306,6 +306,15 @@ class CassandraOnlineStore(OnlineStore):
         self, table: TileTable, key: tuple[Any, ...], ranges: Sequence[tuple[int, int, int]]
     ) -> list[StoredTile]:
         """Tiles of ``key`` in the given ranges (one range scan per resolution)."""
+        return self.read_tiles_for_keys(table, [key], ranges)[0]
+
+    def read_tiles_for_keys(
+        self,
+        table: TileTable,
+        keys: Sequence[tuple[Any, ...]],
+        ranges: Sequence[tuple[int, int, int]],
+    ) -> list[list[StoredTile]]:
+        """Every key's range scans at once, concurrently; results per key, in order."""
         from cassandra.concurrent import execute_concurrent_with_args
 
         cql = (
@@ -313,7 +322,7 @@ class CassandraOnlineStore(OnlineStore):
             f"WHERE {self._tile_where(table)} AND tile_start >= ? AND tile_start <= ?"
         )
         statement = self._prepared_for(table.name, "tiles", cql)
-        args = [(*key, resolution, first, last) for resolution, first, last in ranges]
+        args = [(*key, r, first, last) for key in keys for r, first, last in ranges]
         results = execute_concurrent_with_args(
             self._session(),
             statement,
@@ -321,7 +330,10 @@ class CassandraOnlineStore(OnlineStore):
             concurrency=self.concurrency,
             raise_on_first_error=True,
         )
-        return [StoredTile(*row) for _ok, result in results for row in result]
+        per_key: list[list[StoredTile]] = [[] for _ in keys]
+        for index, (_ok, result) in enumerate(results):
+            per_key[index // len(ranges)].extend(StoredTile(*row) for row in result)
+        return per_key
 
     def read_tile_versions(
         self, table: TileTable, tiles: Sequence[tuple[tuple[Any, ...], int, int]]
