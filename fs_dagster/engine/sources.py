@@ -162,6 +162,8 @@ def _read_kafka(
     # A topic deleted and recreated, or retention passing a stopped query, must not stop
     # ingestion forever; the gap is reported by Spark in the query's log.
     reader = reader.option("failOnDataLoss", "false")
+    # A source only reads: a mistyped or deleted topic must not be created empty.
+    reader = reader.option("kafka.allow.auto.create.topics", "false")
     for key, value in source.options.items():
         reader = reader.option(key, value)
     raw: DataFrame = reader.load()

@@ -131,10 +131,10 @@ class OnlineTable:
             records.append(record)
         columns = [*self.key_names, self.timestamp_column, *self.feature_names]
         frame = pd.DataFrame.from_records(records, columns=columns)
-        frame[self.timestamp_column] = pd.to_datetime(frame[self.timestamp_column], unit="us")
+        frame[self.timestamp_column] = _micros_to_datetime(frame[self.timestamp_column])
         for column in self.features:
             if column.kind == "timestamp":
-                frame[column.name] = pd.to_datetime(frame[column.name], unit="us")
+                frame[column.name] = _micros_to_datetime(frame[column.name])
             elif column.kind in ("long", "int"):
                 frame[column.name] = frame[column.name].astype("Int64")
             elif column.kind == "boolean":
@@ -182,6 +182,12 @@ class TileWrite:
     version: int
     state: str
     ttl_seconds: int
+
+
+def _micros_to_datetime(values: pd.Series) -> pd.Series:
+    # Through a nullable integer column: converting float micros with NaN for missing
+    # rows loses precision and, in pandas 2.x, can read uninitialised memory.
+    return pd.to_datetime(values.astype("Int64"), unit="us").astype("datetime64[ns]")
 
 
 def _as_date(value: Any) -> Any:

@@ -1,0 +1,1323 @@
+"""Benchmark of online ingestion, Kafka -> Cassandra: fs-dagster against a naive consumer.
+
+Measures, for each ``online_trigger_interval`` asked for, the throughput of fs-dagster's
+online pipeline on a preloaded topic and the freshness of the online store at a steady
+produce rate; and, in the same run, the same two figures for a naive baseline (a Python
+Kafka consumer that inserts every event into Cassandra with one synchronous prepared
+``INSERT``). ``bench/README.md`` says what each figure means.
+
+Everything runs against the local services (``scripts/services.sh start kafka
+cassandra``) on 127.0.0.1; every topic, keyspace and checkpoint the run creates is removed
+at the end. Results are printed as a table and written as JSON to ``bench/results/``.
+
+Example:
+    .venv/bin/python -m bench.online_ingestion --events 20000 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fs_dagster as fs
+from fs_dagster.engine.pipeline import BatchReport, IngestionQuery, start_ingestion
+from fs_dagster.planning.plan import StoragePlan
+from fs_dagster.stores.online.base import EVENT_MICROS_COLUMN, OnlineColumn, OnlineTable
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
+
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger("bench.online_ingestion")
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+SCHEMA = "user_id STRING, amount DOUBLE, is_remote BOOLEAN, seq BIGINT, ts TIMESTAMP"
+#: Event times of the preloaded events: one millisecond apart from here, so that the
+#: newest event of a key is also the one with the highest sequence number.
+PRELOAD_BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PRIME_KEY = "prime"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run; built from the command line (see ``--help``)."""
+
+    events: int = 200_000
+    keys: int = 10_000
+    partitions: int = 4
+    rate: float = 500.0
+    seconds: float = 60.0
+    warmup: float = 10.0
+    intervals: tuple[float, ...] = (0.0, 1.0, 5.0)
+    baseline_events: int = 50_000
+    max_offsets_per_trigger: int = 25_000
+    sample_every: int = 10
+    master: str = "local[*]"
+    run_timeout: float = 900.0
+    drain_timeout: float = 60.0
+    phases: tuple[str, ...] = ("throughput", "freshness")
+    label: str = ""
+    results_dir: Path = REPO / "bench" / "results"
+    bootstrap: str = f"{HOST}:9092"
+    cassandra_port: int = 9042
+    seed: int = 7
+
+
+def _interval_label(interval: float) -> str:
+    return f"i{interval:g}".replace(".", "p")
+
+
+# --------------------------------------------------------------------------- events
+
+
+def encode_event(seq: int, user_id: str, ts: datetime, rng: random.Random) -> bytes:
+    """One source record: JSON matching :data:`SCHEMA`; ``seq`` identifies the event."""
+    return json.dumps(
+        {
+            "user_id": user_id,
+            "amount": round(rng.uniform(1, 500), 2),
+            "is_remote": rng.random() < 0.5,
+            "seq": seq,
+            "ts": ts.isoformat(),
+        }
+    ).encode()
+
+
+def event_micros(iso: str) -> int:
+    """Microseconds since the epoch of an ISO-8601 time with an offset."""
+    return (datetime.fromisoformat(iso) - EPOCH) // timedelta(microseconds=1)
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+def _kafka_common(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "broker.address.family": "v4"}
+
+
+def create_topic(bootstrap: str, name: str, partitions: int, timeout: float = 30) -> None:
+    """Create ``name`` and wait until every partition has a leader."""
+    # NewTopic is documented here; confluent-kafka's stubs just do not re-export it.
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient(_kafka_common(bootstrap))
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+        operation_timeout=timeout,
+    )
+    futures[name].result(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topic = admin.list_topics(topic=name, timeout=5).topics.get(name)
+        if (
+            topic is not None
+            and topic.error is None
+            and len(topic.partitions) == partitions
+            and all(p.leader >= 0 for p in topic.partitions.values())
+        ):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"Kafka topic {name} had no leaders after {timeout} s")
+
+
+def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
+    """Delete ``names``; a failure is logged, not raised (this runs during cleanup)."""
+    if not names:
+        return
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(_kafka_common(bootstrap))
+    for name, future in admin.delete_topics(list(names), operation_timeout=30).items():
+        try:
+            future.result(timeout=30)
+        except Exception as exc:
+            log.warning("could not delete topic %s: %s", name, exc)
+
+
+def preload(cfg: BenchConfig, topic: str) -> dict[str, int]:
+    """Produce ``cfg.events`` events over ``cfg.keys`` keys; return the newest seq per key."""
+    from confluent_kafka import Producer
+
+    rng = random.Random(cfg.seed)
+    producer = Producer({**_kafka_common(cfg.bootstrap), "linger.ms": 20})
+    latest: dict[str, int] = {}
+    for seq in range(1, cfg.events + 1):
+        user = f"u{rng.randrange(cfg.keys)}"
+        ts = PRELOAD_BASE_TIME + timedelta(milliseconds=seq)
+        value = encode_event(seq, user, ts, rng)
+        while True:
+            try:
+                producer.produce(topic, key=user.encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        latest[user] = seq
+        if seq % 1000 == 0:
+            producer.poll(0)
+    if producer.flush(60) != 0:
+        raise RuntimeError(f"preloading {topic}: not every event was delivered within 60 s")
+    return latest
+
+
+def produce_prime(bootstrap: str, topic: str) -> None:
+    """Produce the one event whose visibility shows that a pipeline is running."""
+    from confluent_kafka import Producer
+
+    producer = Producer(_kafka_common(bootstrap))
+    value = encode_event(0, PRIME_KEY, datetime.now(UTC), random.Random(0))
+    producer.produce(topic, key=PRIME_KEY.encode(), value=value)
+    if producer.flush(30) != 0:
+        raise RuntimeError(f"priming {topic}: the event was not delivered within 30 s")
+
+
+# --------------------------------------------------------------------------- Cassandra
+
+
+def bench_layout(table_name: str) -> OnlineTable:
+    """The online table of a bench feature set; the baseline writes one like it."""
+    return OnlineTable(
+        name=table_name,
+        keys=(OnlineColumn("user_id", "string"),),
+        features=(
+            OnlineColumn("amount", "double"),
+            OnlineColumn("is_remote", "boolean"),
+            OnlineColumn("seq", "long"),
+        ),
+        timestamp_column="ts",
+    )
+
+
+def _cassandra_session(port: int) -> Any:
+    from cassandra.cluster import Cluster
+
+    cluster = Cluster([HOST], port=port, protocol_version=5, connect_timeout=10)
+    return cluster.connect()
+
+
+def drop_keyspace(port: int, keyspace: str) -> None:
+    """Drop ``keyspace``; a failure is logged, not raised (this runs during cleanup)."""
+    try:
+        session = _cassandra_session(port)
+    except Exception as exc:
+        log.warning("could not connect to Cassandra to drop %s: %s", keyspace, exc)
+        return
+    try:
+        session.execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=120)
+    except Exception as exc:
+        log.warning("could not drop keyspace %s: %s", keyspace, exc)
+    finally:
+        session.cluster.shutdown()
+
+
+def stale_keys(store: fs.CassandraOnlineStore, table: str, expected: dict[str, int]) -> int:
+    """Keys whose stored ``seq`` is not the expected newest one (0 when all are right)."""
+    layout = bench_layout(table)
+    keys = sorted(expected)
+    rows = store.read_rows(layout, [(k,) for k in keys])
+    return sum(
+        1 for key, row in zip(keys, rows, strict=True) if row is None or row["seq"] != expected[key]
+    )
+
+
+def wait_visible(
+    store: fs.CassandraOnlineStore,
+    table: str,
+    timeout: float,
+    health: Callable[[], None] = lambda: None,
+) -> float:
+    """Wait until the prime event is in ``table``; return how long it took."""
+    layout = bench_layout(table)
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        health()
+        if store.read_rows(layout, [(PRIME_KEY,)])[0] is not None:
+            return time.monotonic() - began
+        time.sleep(0.2)
+    raise TimeoutError(f"the prime event did not reach {table} within {timeout} s")
+
+
+# --------------------------------------------------------------------------- fs-dagster
+
+
+def bench_feature_set(
+    name: str, topic: str, bootstrap: str, *, max_offsets_per_trigger: int
+) -> fs.FeatureSet:
+    """A feature set passing the source columns through; ``seq`` is a feature.
+
+    Kept free of Spark so that the prober process can build it to read the online table
+    through :meth:`fs_dagster.FeatureStore.get_online_features`.
+    """
+    source_name = name.replace("-", "_")
+    source = fs.KafkaSource(
+        name=source_name,
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        schema=SCHEMA,
+        options={
+            "kafka.client.dns.lookup": "use_all_dns_ips",
+            # Spark closes its cached consumers when the JVM exits; one whose metadata is
+            # older than metadata.max.age.ms refreshes it first, and the broker would
+            # re-create the topic the bench has just deleted.
+            "kafka.allow.auto.create.topics": "false",
+            "maxOffsetsPerTrigger": str(max_offsets_per_trigger),
+        },
+    )
+
+    def transformation() -> fs.SparkSqlTransformation:
+        return fs.SparkSqlTransformation(
+            f"SELECT user_id, amount, is_remote, seq, ts FROM {source_name}"
+        )
+
+    transformation.__name__ = source_name
+    return fs.streaming.feature_set(
+        name=name, key="user_id", data_sources=[source], timestamp_column_name="ts"
+    )(transformation)
+
+
+@dataclass
+class _ReportLog:
+    """Batch reports with the monotonic time each one reached the driver."""
+
+    target_rows: int | None = None
+    entries: list[tuple[BatchReport, float]] = field(default_factory=list)
+    reached: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, report: BatchReport) -> None:
+        with self.lock:
+            self.entries.append((report, time.monotonic()))
+            rows = sum(r.rows_in for r, _ in self.entries)
+        if self.target_rows is not None and rows >= self.target_rows:
+            self.reached.set()
+
+    def snapshot(self) -> list[tuple[BatchReport, float]]:
+        with self.lock:
+            return list(self.entries)
+
+
+def _check_query(ingestion: IngestionQuery) -> None:
+    if not ingestion.query.isActive:
+        raise RuntimeError(f"the ingestion query stopped: {ingestion.query.exception()}")
+
+
+def _stop_when_idle(ingestion: IngestionQuery, timeout: float = 60) -> None:
+    """Stop the query between batches: stopping one mid-batch interrupts Spark jobs,
+    which Spark logs as errors that are not the bench's."""
+    deadline = time.monotonic() + timeout
+    while ingestion.query.isActive and time.monotonic() < deadline:
+        if not ingestion.query.status["isTriggerActive"]:
+            break
+        time.sleep(0.1)
+    ingestion.stop()
+
+
+def _plan(feature_set: fs.FeatureSet, workdir: Path) -> StoragePlan:
+    return StoragePlan(feature_set, str(workdir / "offline"), str(workdir / "checkpoints"))
+
+
+def warm_up(
+    spark: SparkSession,
+    cfg: BenchConfig,
+    store: fs.CassandraOnlineStore,
+    *,
+    topic: str,
+    name: str,
+    workdir: Path,
+) -> float:
+    """Ingest one event with a throwaway query; return how long it took to be readable.
+
+    The first query of a Spark application also starts the Python workers and their
+    Cassandra connections, which later queries reuse; without this the first measured
+    trigger interval would pay for them and the others would not.
+    """
+    feature_set = bench_feature_set(
+        name, topic, cfg.bootstrap, max_offsets_per_trigger=cfg.max_offsets_per_trigger
+    )
+    ingestion = start_ingestion(
+        spark,
+        feature_set,
+        _plan(feature_set, workdir),
+        "online",
+        online_store=store,
+        trigger_interval=0,
+    )
+    try:
+        produce_prime(cfg.bootstrap, topic)
+        return wait_visible(
+            store, feature_set.storage_name, cfg.run_timeout, lambda: _check_query(ingestion)
+        )
+    finally:
+        _stop_when_idle(ingestion)
+
+
+def fs_throughput(
+    spark: SparkSession,
+    cfg: BenchConfig,
+    store: fs.CassandraOnlineStore,
+    *,
+    topic: str,
+    name: str,
+    interval: float,
+    expected: dict[str, int],
+    workdir: Path,
+) -> dict[str, Any]:
+    """Ingest the preloaded topic with a fresh checkpoint and table; time the batches."""
+    feature_set = bench_feature_set(
+        name, topic, cfg.bootstrap, max_offsets_per_trigger=cfg.max_offsets_per_trigger
+    )
+    reports = _ReportLog(target_rows=cfg.events)
+    load_before = os.getloadavg()[0]
+    began = time.monotonic()
+    ingestion = start_ingestion(
+        spark,
+        feature_set,
+        _plan(feature_set, workdir),
+        "online",
+        online_store=store,
+        on_batch=reports,
+        trigger_interval=interval,
+    )
+    complete = False
+    try:
+        while time.monotonic() - began < cfg.run_timeout:
+            if reports.reached.wait(timeout=1.0):
+                complete = True
+                break
+            _check_query(ingestion)
+    finally:
+        _stop_when_idle(ingestion)
+    entries = reports.snapshot()
+    if not entries:
+        raise RuntimeError(f"{name}: no batch finished within {cfg.run_timeout} s")
+    batches = [r for r, _ in entries]
+    rows_in = sum(r.rows_in for r in batches)
+    first_start = batches[0].finished_at - timedelta(seconds=batches[0].duration_seconds)
+    span = (batches[-1].finished_at - first_start).total_seconds()
+    wall = entries[-1][1] - began
+    busy = sum(r.duration_seconds for r in batches)
+    # The first batch also starts the Python workers and their Cassandra connections.
+    later = (batches[-1].finished_at - batches[0].finished_at).total_seconds()
+    later_rows = rows_in - batches[0].rows_in
+    return {
+        "pipeline": "fs-dagster",
+        "trigger_interval": interval,
+        "complete": complete,
+        "events": rows_in,
+        "batches": len(batches),
+        "rows_written": sum(r.rows_written for r in batches),
+        "dead_letters": sum(r.dead_letters for r in batches),
+        "span_seconds": span,
+        "events_per_second": rows_in / span if span > 0 else None,
+        "wall_seconds": wall,
+        "events_per_second_wall": rows_in / wall,
+        "batch_seconds": [round(r.duration_seconds, 3) for r in batches],
+        "batch_rows": [r.rows_in for r in batches],
+        "events_per_busy_second": rows_in / busy if busy > 0 else None,
+        "first_batch_seconds": batches[0].duration_seconds,
+        "events_per_second_after_first": later_rows / later if later > 0 else None,
+        "stale_keys": stale_keys(store, feature_set.storage_name, expected) if complete else None,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
+
+
+def fs_freshness(
+    spark: SparkSession,
+    cfg: BenchConfig,
+    store: fs.CassandraOnlineStore,
+    *,
+    topic: str,
+    name: str,
+    interval: float,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Run the online pipeline on an empty topic while the prober produces and reads."""
+    feature_set = bench_feature_set(
+        name, topic, cfg.bootstrap, max_offsets_per_trigger=cfg.max_offsets_per_trigger
+    )
+    reports = _ReportLog()
+    load_before = os.getloadavg()[0]
+    ingestion = start_ingestion(
+        spark,
+        feature_set,
+        _plan(feature_set, workdir),
+        "online",
+        online_store=store,
+        on_batch=reports,
+        trigger_interval=interval,
+    )
+    try:
+        produce_prime(cfg.bootstrap, topic)
+        startup = wait_visible(
+            store, feature_set.storage_name, cfg.run_timeout, lambda: _check_query(ingestion)
+        )
+        probe = run_prober(
+            cfg, keyspace=store.keyspace, topic=topic, feature_set_name=name, workdir=workdir
+        )
+        _check_query(ingestion)
+    finally:
+        _stop_when_idle(ingestion)
+    measured_from = probe["measured_from_epoch"]
+    measured_to = probe["produced_until_epoch"]
+    window = [
+        r
+        for r, _ in reports.snapshot()
+        if r.rows_in and measured_from <= r.finished_at.timestamp() <= measured_to
+    ]
+    reported = [r.freshness_seconds for r in window if r.freshness_seconds is not None]
+    return {
+        "pipeline": "fs-dagster",
+        "trigger_interval": interval,
+        "startup_seconds": startup,
+        **probe,
+        "batches": len(window),
+        "mean_batch_seconds": (
+            sum(r.duration_seconds for r in window) / len(window) if window else None
+        ),
+        "mean_batch_rows": sum(r.rows_in for r in window) / len(window) if window else None,
+        "reported_freshness_p50": percentile(reported, 50),
+        "reported_freshness_p99": percentile(reported, 99),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """What the baseline consumer process reads and writes (plain data: it is pickled)."""
+
+    bootstrap: str
+    topic: str
+    cassandra_port: int
+    keyspace: str
+    table: str
+    limit: int | None
+    timeout: float
+
+
+def baseline_process(spec: BaselineSpec, stop: Event, results: Queue[Any]) -> None:
+    """Entry point of the baseline process: consume, insert, report one result."""
+    try:
+        results.put(("done", _consume_and_insert(spec, stop)))
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
+
+
+def _consume_and_insert(spec: BaselineSpec, stop: Event) -> dict[str, Any]:
+    from confluent_kafka import Consumer
+
+    began = time.monotonic()
+    session = _cassandra_session(spec.cassandra_port)
+    names = ["user_id", EVENT_MICROS_COLUMN, "amount", "is_remote", "seq"]
+    columns = ", ".join(f'"{n}"' for n in names)
+    insert = session.prepare(
+        f'INSERT INTO "{spec.keyspace}"."{spec.table}" ({columns}) '
+        f"VALUES ({', '.join('?' for _ in names)})"
+    )
+    consumer = Consumer(
+        {
+            **_kafka_common(spec.bootstrap),
+            "group.id": f"fs-bench-baseline-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([spec.topic])
+    written = 0
+    first: float | None = None
+    latest: dict[str, int] = {}
+    try:
+        while not stop.is_set() and time.monotonic() - began < spec.timeout:
+            if spec.limit is not None and written >= spec.limit:
+                break
+            # One message at a time: a batch call would hold messages back until the
+            # batch fills or its timeout passes, which would cost the baseline freshness.
+            message = consumer.poll(0.1)
+            if message is None or message.error():
+                continue
+            if first is None:
+                first = time.monotonic()
+            record = json.loads(message.value() or b"{}")
+            session.execute(
+                insert,
+                (
+                    record["user_id"],
+                    event_micros(record["ts"]),
+                    record["amount"],
+                    record["is_remote"],
+                    record["seq"],
+                ),
+            )
+            written += 1
+            latest[record["user_id"]] = max(latest.get(record["user_id"], 0), record["seq"])
+        finished = time.monotonic()
+    finally:
+        consumer.close()
+        session.cluster.shutdown()
+    return {
+        "events": written,
+        "complete": spec.limit is None or written >= spec.limit,
+        "span_seconds": finished - first if first is not None else None,
+        "wall_seconds": finished - began,
+        "latest": latest,
+    }
+
+
+class BaselineRunner:
+    """The baseline consumer in its own process (as it would be deployed)."""
+
+    def __init__(self, spec: BaselineSpec):
+        context = mp.get_context("spawn")
+        self.stop_event = context.Event()
+        self.results: Queue[Any] = context.Queue()
+        self.process = context.Process(
+            target=baseline_process, args=(spec, self.stop_event, self.results), daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the process; it connects, subscribes and consumes."""
+        self.process.start()
+
+    def check(self) -> None:
+        """Raise if the process has exited (used while waiting on it)."""
+        if not self.process.is_alive():
+            raise RuntimeError(f"the baseline process exited with {self.process.exitcode}")
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` seconds for the process's result, then stop it."""
+        try:
+            kind, payload = self.results.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"the baseline process gave no result within {timeout} s") from None
+        finally:
+            self.close()
+        if kind == "error":
+            raise RuntimeError(f"the baseline process failed: {payload}")
+        result: dict[str, Any] = payload
+        return result
+
+    def close(self) -> None:
+        """Ask the process to stop; terminate it if it has not within 30 s."""
+        self.stop_event.set()
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+
+
+def _baseline_spec(
+    cfg: BenchConfig, *, keyspace: str, topic: str, table: str, limit: int | None, timeout: float
+) -> BaselineSpec:
+    return BaselineSpec(
+        bootstrap=cfg.bootstrap,
+        topic=topic,
+        cassandra_port=cfg.cassandra_port,
+        keyspace=keyspace,
+        table=table,
+        limit=limit,
+        timeout=timeout,
+    )
+
+
+def baseline_throughput(
+    cfg: BenchConfig, store: fs.CassandraOnlineStore, *, topic: str, name: str
+) -> dict[str, Any]:
+    """Consume the first ``baseline_events`` of the preloaded topic into a fresh table."""
+    table_name = name.replace("-", "_")
+    store.ensure_table(bench_layout(table_name))
+    limit = min(cfg.baseline_events, cfg.events)
+    load_before = os.getloadavg()[0]
+    runner = BaselineRunner(
+        _baseline_spec(
+            cfg,
+            keyspace=store.keyspace,
+            topic=topic,
+            table=table_name,
+            limit=limit,
+            timeout=cfg.run_timeout,
+        )
+    )
+    runner.start()
+    result = runner.result(timeout=cfg.run_timeout + 60)
+    latest: dict[str, int] = result.pop("latest")
+    span = result["span_seconds"]
+    return {
+        "pipeline": "baseline",
+        "trigger_interval": None,
+        **result,
+        "events_per_second": result["events"] / span if span else None,
+        "events_per_second_wall": result["events"] / result["wall_seconds"],
+        "stale_keys": stale_keys(store, table_name, latest),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
+
+
+def baseline_freshness(
+    cfg: BenchConfig, store: fs.CassandraOnlineStore, *, topic: str, name: str, workdir: Path
+) -> dict[str, Any]:
+    """Run the baseline consumer on an empty topic while the prober produces and reads."""
+    table_name = name.replace("-", "_")
+    store.ensure_table(bench_layout(table_name))
+    load_before = os.getloadavg()[0]
+    runner = BaselineRunner(
+        _baseline_spec(
+            cfg,
+            keyspace=store.keyspace,
+            topic=topic,
+            table=table_name,
+            limit=None,
+            timeout=cfg.run_timeout * 2,
+        )
+    )
+    runner.start()
+    try:
+        produce_prime(cfg.bootstrap, topic)
+        startup = wait_visible(store, table_name, cfg.run_timeout, runner.check)
+        probe = run_prober(
+            cfg, keyspace=store.keyspace, topic=topic, feature_set_name=name, workdir=workdir
+        )
+        runner.check()
+    finally:
+        runner.close()
+    return {
+        "pipeline": "baseline",
+        "trigger_interval": None,
+        "startup_seconds": startup,
+        **probe,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
+
+
+# --------------------------------------------------------------------------- prober
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What the prober produces and where it looks (plain data: it is pickled)."""
+
+    bootstrap: str
+    topic: str
+    feature_set_name: str
+    keyspace: str
+    cassandra_port: int
+    offline_root: str
+    rate: float
+    seconds: float
+    warmup: float
+    keys: int
+    sample_every: int
+    drain_timeout: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Sample:
+    seq: int
+    key: str
+    produced: float  # monotonic
+    measured: bool  # produced after the warm-up
+
+
+def prober_process(spec: ProbeSpec, results: Queue[Any]) -> None:
+    """Entry point of the prober process: produce at a steady rate, watch the store."""
+    try:
+        results.put(("done", _probe(spec)))
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
+
+
+def _probe(spec: ProbeSpec) -> dict[str, Any]:
+    import pandas as pd
+    from confluent_kafka import Producer
+
+    feature_set = bench_feature_set(
+        spec.feature_set_name, spec.topic, spec.bootstrap, max_offsets_per_trigger=1
+    )
+    store = fs.CassandraOnlineStore(hosts=[HOST], port=spec.cassandra_port, keyspace=spec.keyspace)
+    client = fs.FeatureStore(
+        online_store=store, offline_root=spec.offline_root, feature_sets=[feature_set]
+    )
+    client.get_online_features(feature_set, [PRIME_KEY])  # connect, prepare, load the layout
+    producer = Producer({**_kafka_common(spec.bootstrap), "linger.ms": 0})
+    samples: queue.SimpleQueue[_Sample] = queue.SimpleQueue()
+    producer_done = threading.Event()
+    stats: dict[str, Any] = {}
+
+    def produce() -> None:
+        rng = random.Random(spec.seed)
+        total = int(spec.rate * (spec.warmup + spec.seconds))
+        began = time.monotonic()
+        stats["started_epoch"] = time.time()
+        behind = 0.0
+        try:
+            for index in range(total):
+                due = began + index / spec.rate
+                pause = due - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                else:
+                    behind = max(behind, -pause)
+                seq = index + 1
+                user = f"u{rng.randrange(spec.keys)}"
+                produced = time.monotonic()
+                value = encode_event(seq, user, datetime.now(UTC), rng)
+                producer.produce(spec.topic, key=user.encode(), value=value)
+                producer.poll(0)
+                if seq % spec.sample_every == 0:
+                    samples.put(_Sample(seq, user, produced, produced - began >= spec.warmup))
+            stats["produced"] = total
+            stats["produce_seconds"] = time.monotonic() - began
+            stats["max_behind_schedule_seconds"] = behind
+            stats["undelivered"] = producer.flush(30)
+            stats["produced_until_epoch"] = time.time()
+        except Exception as exc:
+            stats["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            producer_done.set()
+
+    latencies: list[float] = []
+    warmup_seen = 0
+    missing = 0
+    read_errors = 0
+    polls: list[float] = []
+    pending: dict[int, _Sample] = {}
+    thread = threading.Thread(target=produce, name="bench-producer", daemon=True)
+    thread.start()
+    done_at: float | None = None
+    while True:
+        while True:
+            try:
+                sample = samples.get_nowait()
+            except queue.Empty:
+                break
+            pending[sample.seq] = sample
+        if producer_done.is_set() and done_at is None:
+            done_at = time.monotonic()
+        if done_at is not None and (not pending or time.monotonic() - done_at > spec.drain_timeout):
+            missing = sum(1 for s in pending.values() if s.measured)
+            break
+        if not pending:
+            time.sleep(0.01)
+            continue
+        # Read the keys of the oldest pending samples, each key once.
+        oldest = sorted(pending.values(), key=lambda s: s.seq)[:5000]
+        keys = sorted({s.key for s in oldest})
+        began = time.monotonic()
+        try:
+            frame = client.get_online_features(feature_set, keys)
+        except FloatingPointError:
+            # fs-dagster's decode calls pd.to_datetime(unit="us") on a float column when a
+            # key has no row; pandas 2.3 then fails at random (uninitialised memory).
+            # Counted and retried: the next poll measures the same samples.
+            read_errors += 1
+            continue
+        seen_at = time.monotonic()
+        polls.append(seen_at - began)
+        stored = {
+            key: int(value)
+            for key, value in zip(frame["user_id"], frame["seq"], strict=True)
+            if not pd.isna(value)
+        }
+        for sample in oldest:
+            # Newer events of the same key count too: the store is at least this fresh.
+            if stored.get(sample.key, -1) >= sample.seq:
+                del pending[sample.seq]
+                if sample.measured:
+                    latencies.append(seen_at - sample.produced)
+                else:
+                    warmup_seen += 1
+        time.sleep(0.005)
+    thread.join(timeout=60)
+    store.close()
+    if "error" in stats:
+        raise RuntimeError(f"the producer thread failed: {stats['error']}")
+    measured_from = stats.get("started_epoch", time.time()) + spec.warmup
+    return {
+        "rate": spec.rate,
+        "seconds": spec.seconds,
+        "warmup_seconds": spec.warmup,
+        "produced": stats.get("produced"),
+        "achieved_rate": (
+            stats["produced"] / stats["produce_seconds"] if stats.get("produce_seconds") else None
+        ),
+        "max_behind_schedule_seconds": stats.get("max_behind_schedule_seconds"),
+        "undelivered": stats.get("undelivered"),
+        "samples": len(latencies),
+        "warmup_samples": warmup_seen,
+        "missing": missing,
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "max": max(latencies) if latencies else None,
+        "polls": len(polls),
+        "read_errors": read_errors,
+        "mean_poll_seconds": sum(polls) / len(polls) if polls else None,
+        "measured_from_epoch": measured_from,
+        "produced_until_epoch": stats.get("produced_until_epoch", time.time()),
+    }
+
+
+def run_prober(
+    cfg: BenchConfig, *, keyspace: str, topic: str, feature_set_name: str, workdir: Path
+) -> dict[str, Any]:
+    """Run the prober in its own process, so that it shares no interpreter lock with the
+    pipeline under test, and return its figures."""
+    spec = ProbeSpec(
+        bootstrap=cfg.bootstrap,
+        topic=topic,
+        feature_set_name=feature_set_name,
+        keyspace=keyspace,
+        cassandra_port=cfg.cassandra_port,
+        offline_root=str(workdir / "offline"),
+        rate=cfg.rate,
+        seconds=cfg.seconds,
+        warmup=cfg.warmup,
+        keys=cfg.keys,
+        sample_every=cfg.sample_every,
+        drain_timeout=cfg.drain_timeout,
+        seed=cfg.seed + 1,
+    )
+    context = mp.get_context("spawn")
+    results: Queue[Any] = context.Queue()
+    process = context.Process(target=prober_process, args=(spec, results), daemon=True)
+    process.start()
+    # Start-up (imports, connections) plus the run, the drain and a margin.
+    timeout = 120 + cfg.warmup + cfg.seconds + cfg.drain_timeout + 60
+    try:
+        kind, payload = results.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"the prober gave no result within {timeout} s") from None
+    finally:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=10)
+    if kind == "error":
+        raise RuntimeError(f"the prober failed: {payload}")
+    result: dict[str, Any] = payload
+    return result
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile by linear interpolation between closest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def add_ratios(throughput: list[dict[str, Any]], freshness: list[dict[str, Any]]) -> None:
+    """Put fs-dagster/baseline ratios on every fs-dagster row."""
+    base_t = next((r for r in throughput if r["pipeline"] == "baseline"), None)
+    for row in throughput:
+        if row["pipeline"] == "fs-dagster" and base_t is not None:
+            row["ratio_throughput"] = _ratio(row["events_per_second"], base_t["events_per_second"])
+            row["ratio_throughput_wall"] = _ratio(
+                row["events_per_second_wall"], base_t["events_per_second_wall"]
+            )
+    base_f = next((r for r in freshness if r["pipeline"] == "baseline"), None)
+    for row in freshness:
+        if row["pipeline"] == "fs-dagster" and base_f is not None:
+            row["ratio_p50"] = _ratio(row["p50"], base_f["p50"])
+            row["ratio_p99"] = _ratio(row["p99"], base_f["p99"])
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _name(row: dict[str, Any]) -> str:
+    if row["pipeline"] == "baseline":
+        return "baseline"
+    return f"fs-dagster, trigger {row['trigger_interval']:g} s"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The human-readable tables of a result document."""
+    cfg = results["config"]
+    out = [f"# {results['label'] or 'online ingestion benchmark'} ({results['started_at']})"]
+    out.append(
+        f"# {results['environment']['cpus']} CPUs, Spark master {cfg['master']}, "
+        f"load average at start {results['environment']['load_average_start']:.2f}"
+    )
+    if results["throughput"]:
+        out.append(
+            f"\nThroughput: preloaded topic of {cfg['events']:,} events, {cfg['keys']:,} keys, "
+            f"{cfg['partitions']} partitions; "
+            f"maxOffsetsPerTrigger {cfg['max_offsets_per_trigger']:,}"
+        )
+        rows = [
+            [
+                _name(r),
+                _fmt(r["events"]),
+                _fmt(r.get("batches")),
+                _fmt(r.get("first_batch_seconds")),
+                _fmt(r["span_seconds"]),
+                _fmt(r["events_per_second"]),
+                _fmt(r.get("events_per_second_after_first")),
+                _fmt(r["wall_seconds"]),
+                _fmt(r["events_per_second_wall"]),
+                _fmt(r.get("ratio_throughput")),
+                _fmt(r.get("ratio_throughput_wall")),
+                _fmt(r.get("stale_keys")),
+            ]
+            for r in results["throughput"]
+        ]
+        out.append(
+            _table(
+                [
+                    "pipeline",
+                    "events",
+                    "batches",
+                    "1st batch s",
+                    "span s",
+                    "ev/s",
+                    "ev/s after 1st",
+                    "wall s",
+                    "ev/s wall",
+                    "x base",
+                    "x base wall",
+                    "stale keys",
+                ],
+                rows,
+            )
+        )
+    if results["freshness"]:
+        out.append(
+            f"\nFreshness: {cfg['rate']:g} events/s for {cfg['seconds']:g} s after a "
+            f"{cfg['warmup']:g} s warm-up; every {cfg['sample_every']}th event sampled; "
+            "seconds from produce to first read that sees it"
+        )
+        rows = [
+            [
+                _name(r),
+                _fmt(r["achieved_rate"], 0),
+                _fmt(r["samples"]),
+                _fmt(r["missing"]),
+                _fmt(r["read_errors"]),
+                _fmt(r["p50"]),
+                _fmt(r["p99"]),
+                _fmt(r["max"]),
+                _fmt(r.get("ratio_p50")),
+                _fmt(r.get("ratio_p99")),
+                _fmt(r.get("batches")),
+                _fmt(r.get("mean_batch_seconds")),
+                _fmt(r.get("reported_freshness_p50")),
+                _fmt(r["mean_poll_seconds"], 3),
+            ]
+            for r in results["freshness"]
+        ]
+        out.append(
+            _table(
+                [
+                    "pipeline",
+                    "ev/s",
+                    "samples",
+                    "missing",
+                    "read errors",
+                    "p50 s",
+                    "p99 s",
+                    "max s",
+                    "x base p50",
+                    "x base p99",
+                    "batches",
+                    "batch s",
+                    "reported p50 s",
+                    "poll s",
+                ],
+                rows,
+            )
+        )
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def spark_jars() -> tuple[str, ...]:
+    """The connector jars ``scripts/services.sh spark-jars`` prints."""
+    output = subprocess.run(
+        [str(REPO / "scripts" / "services.sh"), "spark-jars"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return tuple(p for p in output.strip().split(",") if p)
+
+
+def check_services(cfg: BenchConfig) -> None:
+    """Fail early, saying what to run, when Kafka or Cassandra is not listening."""
+    host, _, port = cfg.bootstrap.rpartition(":")
+    for service, address in (
+        ("kafka", (host, int(port))),
+        ("cassandra", (HOST, cfg.cassandra_port)),
+    ):
+        try:
+            socket.create_connection(address, timeout=5).close()
+        except OSError:
+            raise SystemExit(
+                f"{service} is not listening on {address[0]}:{address[1]}; "
+                "start it with scripts/services.sh start kafka cassandra"
+            ) from None
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    """Run every phase asked for and return the result document."""
+    from fs_dagster.engine.spark_session import SparkSettings, create_spark_session
+
+    check_services(cfg)
+    run_id = uuid.uuid4().hex[:8]
+    keyspace = f"fs_bench_{run_id}"
+    store = fs.CassandraOnlineStore(hosts=[HOST], port=cfg.cassandra_port, keyspace=keyspace)
+    workdir = Path(tempfile.mkdtemp(prefix="fs-bench-"))
+    topics: list[str] = []
+    spark: SparkSession | None = None
+    results: dict[str, Any] = {
+        "label": cfg.label,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {**asdict(cfg), "results_dir": str(cfg.results_dir)},
+        "environment": {
+            "cpus": os.cpu_count(),
+            "load_average_start": os.getloadavg()[0],
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "throughput": [],
+        "freshness": [],
+    }
+    try:
+        store.ensure_keyspace()
+        log.info("keyspace %s; Spark session %s", keyspace, cfg.master)
+        spark = create_spark_session(
+            SparkSettings(master=cfg.master, app_name="fs-dagster-bench", jars=spark_jars())
+        )
+        results["environment"]["spark"] = spark.version
+        topic = f"fs-bench-{run_id}-warmup"
+        create_topic(cfg.bootstrap, topic, cfg.partitions)
+        topics.append(topic)
+        warm = warm_up(
+            spark, cfg, store, topic=topic, name=f"bench-{run_id}-warmup", workdir=workdir
+        )
+        results["environment"]["spark_warm_up_seconds"] = warm
+        log.info("Spark warmed up in %.1f s", warm)
+        if "throughput" in cfg.phases:
+            topic = f"fs-bench-{run_id}-preload"
+            create_topic(cfg.bootstrap, topic, cfg.partitions)
+            topics.append(topic)
+            began = time.monotonic()
+            expected = preload(cfg, topic)
+            log.info("preloaded %d events in %.1f s", cfg.events, time.monotonic() - began)
+            log.info("throughput: baseline, %d events", min(cfg.baseline_events, cfg.events))
+            row = baseline_throughput(cfg, store, topic=topic, name=f"bench-{run_id}-tp-base")
+            results["throughput"].append(row)
+            log.info("  %.0f events/s", row["events_per_second"] or 0)
+            for interval in cfg.intervals:
+                log.info("throughput: fs-dagster, trigger %g s", interval)
+                row = fs_throughput(
+                    spark,
+                    cfg,
+                    store,
+                    topic=topic,
+                    name=f"bench-{run_id}-tp-{_interval_label(interval)}",
+                    interval=interval,
+                    expected=expected,
+                    workdir=workdir,
+                )
+                results["throughput"].append(row)
+                log.info(
+                    "  %.0f events/s over %d batches", row["events_per_second"] or 0, row["batches"]
+                )
+        if "freshness" in cfg.phases:
+            runs: list[float | None] = [None, *cfg.intervals]
+            for run_interval in runs:
+                label = "base" if run_interval is None else _interval_label(run_interval)
+                topic = f"fs-bench-{run_id}-steady-{label}"
+                create_topic(cfg.bootstrap, topic, cfg.partitions)
+                topics.append(topic)
+                name = f"bench-{run_id}-fr-{label}"
+                if run_interval is None:
+                    log.info("freshness: baseline")
+                    row = baseline_freshness(cfg, store, topic=topic, name=name, workdir=workdir)
+                else:
+                    log.info("freshness: fs-dagster, trigger %g s", run_interval)
+                    row = fs_freshness(
+                        spark,
+                        cfg,
+                        store,
+                        topic=topic,
+                        name=name,
+                        interval=run_interval,
+                        workdir=workdir,
+                    )
+                results["freshness"].append(row)
+                log.info("  p50 %s s, p99 %s s", _fmt(row["p50"], 3), _fmt(row["p99"], 3))
+    finally:
+        if spark is not None:
+            spark.stop()
+        store.close()
+        drop_keyspace(cfg.cassandra_port, keyspace)
+        delete_topics(cfg.bootstrap, topics)
+        shutil.rmtree(workdir, ignore_errors=True)
+    add_ratios(results["throughput"], results["freshness"])
+    results["environment"]["load_average_end"] = os.getloadavg()[0]
+    return results
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
+    """The :class:`BenchConfig` the command line asks for."""
+    default = BenchConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.online_ingestion",
+        description="Online ingestion Kafka -> Cassandra: fs-dagster against a naive consumer.",
+    )
+    parser.add_argument("--events", type=int, default=default.events, help="preloaded events")
+    parser.add_argument("--keys", type=int, default=default.keys, help="distinct user_id values")
+    parser.add_argument("--partitions", type=int, default=default.partitions)
+    parser.add_argument("--rate", type=float, default=default.rate, help="steady events/s")
+    parser.add_argument(
+        "--seconds", type=float, default=default.seconds, help="measured seconds at --rate"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=default.warmup, help="seconds at --rate before measuring"
+    )
+    parser.add_argument(
+        "--intervals", default="0,1,5", help="online trigger intervals in seconds, comma-separated"
+    )
+    parser.add_argument(
+        "--baseline-events",
+        type=int,
+        default=default.baseline_events,
+        help="events the baseline consumes in the throughput phase (at most --events)",
+    )
+    parser.add_argument(
+        "--max-offsets-per-trigger",
+        type=int,
+        default=None,
+        help="Spark's maxOffsetsPerTrigger for fs-dagster (default: --events / 8)",
+    )
+    parser.add_argument("--sample-every", type=int, default=default.sample_every)
+    parser.add_argument("--master", default=default.master, help="Spark master")
+    parser.add_argument(
+        "--timeout", type=float, default=default.run_timeout, help="limit of each run in seconds"
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=default.drain_timeout,
+        help="seconds to wait for the last samples after producing stops",
+    )
+    parser.add_argument(
+        "--phases", default="throughput,freshness", help="throughput, freshness or both"
+    )
+    parser.add_argument("--label", default="", help="a label stored with the results")
+    parser.add_argument("--results-dir", type=Path, default=default.results_dir)
+    args = parser.parse_args(argv)
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    unknown = set(phases) - {"throughput", "freshness"}
+    if unknown:
+        parser.error(f"--phases: unknown {sorted(unknown)}; use throughput and/or freshness")
+    intervals = tuple(float(v) for v in args.intervals.split(",") if v.strip())
+    if args.events < 1 or args.keys < 1 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("--events, --keys, --rate and --seconds must be positive")
+    kafka_port = os.environ.get("FS_KAFKA_PORT", "").strip() or "9092"
+    cassandra_port = os.environ.get("FS_CASSANDRA_PORT", "").strip() or "9042"
+    return BenchConfig(
+        events=args.events,
+        keys=args.keys,
+        partitions=args.partitions,
+        rate=args.rate,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        intervals=intervals,
+        baseline_events=args.baseline_events,
+        max_offsets_per_trigger=args.max_offsets_per_trigger or max(1, math.ceil(args.events / 8)),
+        sample_every=args.sample_every,
+        master=args.master,
+        run_timeout=args.timeout,
+        drain_timeout=args.drain_timeout,
+        phases=phases,
+        label=args.label,
+        results_dir=args.results_dir,
+        bootstrap=f"{HOST}:{kafka_port}",
+        cassandra_port=int(cassandra_port),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the tables, write the JSON; return the exit status."""
+    # Progress of the bench only; py4j and the Cassandra driver are chatty at INFO.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    log.setLevel(logging.INFO)
+    cfg = parse_args(argv)
+    results = run(cfg)
+    cfg.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = cfg.results_dir / f"online_ingestion-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(format_results(results))
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
