@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pyspark.sql import SparkSession
 
 import fs_dagster as fs
+from fs_dagster.engine.pipeline import IngestionQuery, start_ingestion
 
 _LAST_MTIME = [0]
 
@@ -176,6 +178,22 @@ def produce(bootstrap: str, topic: str, values: Iterable[str | bytes]) -> int:
             producer.poll(0)
     assert producer.flush(30) == 0
     return count
+
+
+def ingest_online(
+    spark: SparkSession,
+    feature_set: fs.FeatureSet,
+    client: fs.FeatureStore,
+) -> IngestionQuery:
+    """Run online ingestion into ``client``'s online store until it has caught up."""
+    ingestion = start_ingestion(
+        spark, feature_set, client.plan(feature_set), "online", online_store=client.online_store
+    )
+    try:
+        ingestion.query.processAllAvailable()
+    finally:
+        ingestion.stop()
+    return ingestion
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -19,11 +19,11 @@ from pyspark.sql import SparkSession
 
 import fs_dagster as fs
 from fs_dagster import Aggregation
-from fs_dagster.engine.pipeline import start_ingestion
 from tests.integration.aggregation_oracle import assert_matches, oracle
 from tests.integration.scenario import (
     SourceSpec,
     aggregated_feature_set,
+    ingest_online,
     make_events,
     produce,
     write_json_file,
@@ -92,13 +92,7 @@ def test_late_events_are_set_aside_and_change_nothing(spark: SparkSession, tmp_p
             _event("u2", 7.0, T0 - timedelta(hours=2)),  # beyond the lateness, another key
         ],
     )
-    ingestion = start_ingestion(
-        spark, feature_set, client.plan(feature_set), "online", online_store=client.online_store
-    )
-    try:
-        ingestion.query.processAllAvailable()
-    finally:
-        ingestion.stop()
+    ingestion = ingest_online(spark, feature_set, client)
     assert [r.late_events for r in ingestion.reports] == [0, 2]
     assert ingestion.reports[1].watermark == T0 - timedelta(minutes=10)
     late = client.late_events(feature_set).sort_values("event_time")
@@ -139,13 +133,7 @@ def test_variance_near_1e9_stays_accurate(spark: SparkSession, tmp_path: Path) -
                 for i, v in enumerate(values[start : start + 100])
             ],
         )
-    ingestion = start_ingestion(
-        spark, feature_set, client.plan(feature_set), "online", online_store=client.online_store
-    )
-    try:
-        ingestion.query.processAllAvailable()
-    finally:
-        ingestion.stop()
+    ingest_online(spark, feature_set, client)
     exact_mean = sum(Fraction(v) for v in values) / len(values)
     exact = float(sum((Fraction(v) - exact_mean) ** 2 for v in values) / len(values))
     got = client.get_online_features(feature_set, "u1", at=T0).iloc[0][
@@ -256,13 +244,7 @@ def test_aggregates_survive_repeated_crashes(
         feature_sets=[feature_set],
         spark=spark,
     )
-    ingestion = start_ingestion(
-        spark, feature_set, client.plan(feature_set), "online", online_store=store
-    )
-    try:
-        ingestion.query.processAllAvailable()
-    finally:
-        ingestion.stop()
+    ingest_online(spark, feature_set, client)
     df = pd.DataFrame(events)
     df["micros"] = [int(datetime.fromisoformat(t).timestamp() * 1_000_000) for t in df["ts"]]
     at = int(df["micros"].max()) + 1_000_000

@@ -16,9 +16,8 @@ from pyspark.sql import SparkSession
 
 import fs_dagster as fs
 from fs_dagster import Aggregation
-from fs_dagster.engine.pipeline import start_ingestion
 from tests.integration.aggregation_oracle import assert_matches, oracle
-from tests.integration.scenario import produce, write_json_file
+from tests.integration.scenario import ingest_online, produce, write_json_file
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -165,13 +164,7 @@ def test_every_function_file_source_sqlite(spark: SparkSession, tmp_path: Path) 
         feature_sets=[feature_set],
         spark=spark,
     )
-    ingestion = start_ingestion(
-        spark, feature_set, client.plan(feature_set), "online", online_store=store
-    )
-    try:
-        ingestion.query.processAllAvailable()
-    finally:
-        ingestion.stop()
+    ingestion = ingest_online(spark, feature_set, client)
     assert len(ingestion.reports) >= 4
     assert sum(r.late_events for r in ingestion.reports) == 0
     check_online_and_offline(spark, client, feature_set, frame(events))
@@ -213,13 +206,7 @@ def test_every_function_kafka_cassandra(
         feature_sets=[feature_set],
         spark=spark,
     )
-    ingestion = start_ingestion(
-        spark, feature_set, client.plan(feature_set), "online", online_store=store
-    )
-    try:
-        ingestion.query.processAllAvailable()
-    finally:
-        ingestion.stop()
+    ingestion = ingest_online(spark, feature_set, client)
     # Partitions are read side by side, so one can run more than the lateness ahead of
     # the other: whatever was declared late must be in the late table and in no value.
     late = (

@@ -218,8 +218,6 @@ class CassandraOnlineStore(OnlineStore):
 
     def write(self, table: OnlineTable, rows: Iterable[Mapping[str, Any]]) -> int:
         """Upsert rows concurrently, each at its event time (and remaining TTL)."""
-        from cassandra.concurrent import execute_concurrent_with_args
-
         names = [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
         cql = (
             f"INSERT INTO {self._table(table)} ({', '.join(_quote(n) for n in names)}) "
@@ -239,35 +237,20 @@ class CassandraOnlineStore(OnlineStore):
             args.append((*(row.get(n) for n in names), event, ttl))
         if not args:
             return 0
-        results = execute_concurrent_with_args(
-            self._session(),
-            statement,
-            args,
-            concurrency=self.concurrency,
-            raise_on_first_error=True,
-        )
-        del results
+        self._concurrently(statement, args)
         return len(args)
 
     def read_rows(
         self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]
     ) -> list[dict[str, Any] | None]:
         """Stored rows for ``keys``, read concurrently, in order."""
-        from cassandra.concurrent import execute_concurrent_with_args
-
         names = [EVENT_MICROS_COLUMN, *table.feature_names]
         where = " AND ".join(f"{_quote(n)} = ?" for n in table.key_names)
         cql = (
             f"SELECT {', '.join(_quote(n) for n in names)} FROM {self._table(table)} WHERE {where}"
         )
         statement = self._statement(table, "read", cql)
-        results = execute_concurrent_with_args(
-            self._session(),
-            statement,
-            [tuple(k) for k in keys],
-            concurrency=self.concurrency,
-            raise_on_first_error=True,
-        )
+        results = self._concurrently(statement, [tuple(k) for k in keys])
         rows: list[dict[str, Any] | None] = []
         for _success, result in results:
             first = result.one()
@@ -315,21 +298,13 @@ class CassandraOnlineStore(OnlineStore):
         ranges: Sequence[tuple[int, int, int]],
     ) -> list[list[StoredTile]]:
         """Every key's range scans at once, concurrently; results per key, in order."""
-        from cassandra.concurrent import execute_concurrent_with_args
-
         cql = (
             f"SELECT resolution, tile_start, version, state FROM {self._qualified(table.name)} "
             f"WHERE {self._tile_where(table)} AND tile_start >= ? AND tile_start <= ?"
         )
         statement = self._prepared_for(table.name, "tiles", cql)
         args = [(*key, r, first, last) for key in keys for r, first, last in ranges]
-        results = execute_concurrent_with_args(
-            self._session(),
-            statement,
-            args,
-            concurrency=self.concurrency,
-            raise_on_first_error=True,
-        )
+        results = self._concurrently(statement, args)
         per_key: list[list[StoredTile]] = [[] for _ in keys]
         for index, (_ok, result) in enumerate(results):
             per_key[index // len(ranges)].extend(StoredTile(*row) for row in result)
@@ -339,21 +314,13 @@ class CassandraOnlineStore(OnlineStore):
         self, table: TileTable, tiles: Sequence[tuple[tuple[Any, ...], int, int]]
     ) -> list[StoredTile | None]:
         """Stored tiles at exact positions, read concurrently."""
-        from cassandra.concurrent import execute_concurrent_with_args
-
         cql = (
             f"SELECT resolution, tile_start, version, state FROM {self._qualified(table.name)} "
             f"WHERE {self._tile_where(table)} AND tile_start = ?"
         )
         statement = self._prepared_for(table.name, "tile", cql)
         args = [(*key, resolution, start) for key, resolution, start in tiles]
-        results = execute_concurrent_with_args(
-            self._session(),
-            statement,
-            args,
-            concurrency=self.concurrency,
-            raise_on_first_error=True,
-        )
+        results = self._concurrently(statement, args)
         found: list[StoredTile | None] = []
         for _ok, result in results:
             row = result.one()
@@ -362,8 +329,6 @@ class CassandraOnlineStore(OnlineStore):
 
     def write_tiles(self, table: TileTable, writes: Sequence[TileWrite]) -> int:
         """Write full tile states ``USING TIMESTAMP <version>``: an older one never wins."""
-        from cassandra.concurrent import execute_concurrent_with_args
-
         names = [*table.key_names, "resolution", "tile_start", "version", "state"]
         cql = (
             f"INSERT INTO {self._qualified(table.name)} ({', '.join(_quote(n) for n in names)}) "
@@ -384,13 +349,7 @@ class CassandraOnlineStore(OnlineStore):
             for w in writes
         ]
         if args:
-            execute_concurrent_with_args(
-                self._session(),
-                statement,
-                args,
-                concurrency=self.concurrency,
-                raise_on_first_error=True,
-            )
+            self._concurrently(statement, args)
         return len(args)
 
     def progress_before(self, name: str, batch_id: int) -> int | None:
@@ -414,6 +373,18 @@ class CassandraOnlineStore(OnlineStore):
         )
         self._session().execute(
             self._prepared_for(_PROGRESS, "progress-write", cql), (name, batch_id, max_event_micros)
+        )
+
+    def _concurrently(self, statement: Any, args: Sequence[tuple[Any, ...]]) -> Any:
+        """Execute ``statement`` for every argument tuple, ``concurrency`` at a time."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        return execute_concurrent_with_args(
+            self._session(),
+            statement,
+            args,
+            concurrency=self.concurrency,
+            raise_on_first_error=True,
         )
 
     def _prepared_for(self, table_name: str, kind: str, cql: str) -> Any:

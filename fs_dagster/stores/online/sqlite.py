@@ -139,6 +139,10 @@ class SqliteOnlineStore(OnlineStore):
         values = [tuple(row.get(n) for n in names) for row in rows]
         if not values:
             return 0
+        return self._write_all(statement, values)
+
+    def _write_all(self, statement: str, values: list[tuple[Any, ...]]) -> int:
+        """Run ``statement`` for every row in one transaction (one writer at a time)."""
         con = self._connection()
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -241,15 +245,7 @@ class SqliteOnlineStore(OnlineStore):
         values = [
             (*w.key, w.resolution, w.start, w.version, w.state, now + w.ttl_seconds) for w in writes
         ]
-        con = self._connection()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            con.executemany(statement, values)
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-        return len(values)
+        return self._write_all(statement, values)
 
     def progress_before(self, name: str, batch_id: int) -> int | None:
         """Newest event time recorded before ``batch_id``."""
