@@ -5,15 +5,26 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+step_started=$SECONDS
+took() { echo "    ($1 took $((SECONDS - step_started)) s)"; step_started=$SECONDS; }
+
 scripts/setup.sh --test
+took "setup: virtualenv, packages and Spark jars"
 
 echo "==> starting Kafka, Cassandra and S3 on 127.0.0.1"
 scripts/services.sh start
+took "services"
 
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "==> mypy"
 .venv/bin/mypy
+took "ruff and mypy"
+
 echo "==> pytest"
-exec .venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+took "pytest"
+exit "$status"
