@@ -24,7 +24,7 @@ from fs_dagster.orchestration.naming import (
     offline_job_name,
     source_asset_key,
 )
-from fs_dagster.orchestration.resources import FeatureStoreResource
+from fs_dagster.orchestration.resources import FeatureStoreResource, run_spark_session
 
 __all__ = ["build_offline_asset", "build_offline_schedule", "feature_set_metadata", "owners"]
 
@@ -89,7 +89,10 @@ def build_offline_asset(feature_set: FeatureSet) -> AssetsDefinition:
         pyspark: LazyPySparkResource,
     ) -> MaterializeResult[None]:
         plan = feature_store.plan(feature_set)
-        ingestion = start_ingestion(pyspark.spark_session, feature_set, plan, "offline")
+        spark = run_spark_session(
+            pyspark, feature_set.execution_specification.offline_cluster_template
+        )
+        ingestion = start_ingestion(spark, feature_set, plan, "offline")
         ingestion.query.awaitTermination()
         error = ingestion.query.exception()
         if error is not None:

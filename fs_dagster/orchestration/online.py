@@ -49,7 +49,7 @@ from fs_dagster.orchestration.naming import (
     online_job_name,
     supervisor_sensor_name,
 )
-from fs_dagster.orchestration.resources import FeatureStoreResource
+from fs_dagster.orchestration.resources import FeatureStoreResource, run_spark_session
 
 __all__ = ["OnlineIngestionConfig", "build_online_job", "build_supervisor_sensor"]
 
@@ -192,8 +192,11 @@ def build_online_job(feature_set: FeatureSet) -> JobDefinition:
         pyspark: LazyPySparkResource,
     ) -> None:
         reports: queue.Queue[BatchReport] = queue.Queue()
+        spark = run_spark_session(
+            pyspark, feature_set.execution_specification.online_cluster_template
+        )
         ingestion = start_ingestion(
-            pyspark.spark_session,
+            spark,
             feature_set,
             feature_store.plan(feature_set),
             "online",

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from dagster import ConfigurableResource
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
+from pyspark.sql import SparkSession
 
-from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.definitions.feature_set import ClusterTemplate, FeatureSet
 from fs_dagster.engine.spark_session import SparkSettings, spark_conf
 from fs_dagster.planning.plan import StoragePlan, join_path
 from fs_dagster.stores.online.base import OnlineStore
 from fs_dagster.stores.online.cassandra import CassandraOnlineStore
 from fs_dagster.stores.online.sqlite import SqliteOnlineStore
 
-__all__ = ["FeatureStoreResource", "spark_resource"]
+__all__ = ["FeatureStoreResource", "run_spark_conf", "run_spark_session", "spark_resource"]
 
 
 class FeatureStoreResource(ConfigurableResource):  # type: ignore[type-arg]
@@ -101,3 +104,27 @@ def spark_resource(settings: SparkSettings) -> LazyPySparkResource:
         os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
         settings = replace(settings, s3=replace(s3, access_key=None, secret_key=None))
     return LazyPySparkResource(spark_config=spark_conf(settings))
+
+
+def run_spark_conf(base: Mapping[str, Any], template: ClusterTemplate) -> dict[str, str]:
+    """A run's Spark settings: the resource's, sized by the feature set's cluster template.
+
+    On a local master the template is ignored (a local Spark has only the driver); on a
+    cluster the template's executor and driver sizes win over the resource's defaults.
+    """
+    conf = {str(k): str(v) for k, v in base.items()}
+    if not conf.get("spark.master", "local[*]").startswith("local"):
+        conf.update(template.spark_conf())
+    return conf
+
+
+def run_spark_session(pyspark: LazyPySparkResource, template: ClusterTemplate) -> SparkSession:
+    """The Spark session of a run (each Dagster run is its own process and session)."""
+    conf = run_spark_conf(pyspark.spark_config, template)
+    if conf == {str(k): str(v) for k, v in pyspark.spark_config.items()}:
+        session: SparkSession = pyspark.spark_session
+        return session
+    builder = SparkSession.builder
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()

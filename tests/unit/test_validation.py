@@ -207,3 +207,15 @@ def test_metadata_and_execution_specification_in_either_order() -> None:
     )
     assert outer.execution_specification.online_cluster_template is fs.ClusterTemplate.LARGE
     assert fs.ClusterTemplate.LARGE.spark_conf()["spark.executor.instances"] == "4"
+
+
+def test_cluster_templates_size_runs_on_a_cluster_only() -> None:
+    from fs_dagster.orchestration.resources import run_spark_conf
+
+    base = {"spark.master": "local[*]", "spark.executor.memory": "1g"}
+    assert run_spark_conf(base, fs.ClusterTemplate.XLARGE) == base
+    cluster = {"spark.master": "spark://10.0.0.1:7077", "spark.executor.memory": "1g"}
+    sized = run_spark_conf(cluster, fs.ClusterTemplate.MEDIUM)
+    assert sized["spark.executor.memory"] == "8g"
+    assert sized["spark.executor.instances"] == "2"
+    assert sized["spark.master"] == "spark://10.0.0.1:7077"
