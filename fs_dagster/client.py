@@ -52,6 +52,7 @@ class FeatureStore:
         self._feature_sets = {fs.name: fs for fs in feature_sets}
         self._spark = spark
         self._layouts: dict[str, OnlineTable] = {}
+        self._plans: dict[str, Any] = {}
 
     def feature_set(self, feature_set_or_name: FeatureSet | str) -> FeatureSet:
         """Resolve a feature set given by object or name."""
@@ -124,17 +125,22 @@ class FeatureStore:
     def _aggregation_plan(self, feature_set: FeatureSet) -> Any:
         from fs_dagster.aggregation.plan import AggregationPlan
 
+        cached = self._plans.get(feature_set.name)
+        if cached is not None and cached.feature_set is feature_set:
+            return cached
         layout = self.online_store.layout(f"{feature_set.storage_name}__tiles")
         if layout is None:
             raise LookupError(
                 f"feature set '{feature_set.name}' has no tiles yet; "
                 "start its online ingestion first"
             )
-        return AggregationPlan(
+        plan = AggregationPlan(
             feature_set=feature_set,
             key_kinds={c.name: c.kind for c in layout.keys},
             column_kinds={c.name: c.kind for c in layout.features},
         )
+        self._plans[feature_set.name] = plan
+        return plan
 
     @overload
     def get_offline_features(

@@ -348,10 +348,18 @@ def _decode(value: Any, kind: ColumnKind) -> Any:
 
 
 def window_values(
-    plan: AggregationPlan, tiles: Mapping[tuple[int, int], dict[str, Any]], at_micros: int
+    plan: AggregationPlan,
+    tiles: Mapping[tuple[int, int], dict[str, Any]],
+    at_micros: int,
+    per_window: Mapping[int, list[tuple[int, int]]] | None = None,
 ) -> dict[str, Any]:
-    """Every feature of ``plan`` at ``at_micros`` from the tiles of one key."""
-    per_window, _ = read_ranges(plan.window_seconds, at_micros, plan.resolutions)
+    """Every feature of ``plan`` at ``at_micros`` from the tiles of one key.
+
+    ``per_window`` (each window's tiles at ``at_micros``) may be passed when the caller
+    reads many keys at the same time, so it is computed once.
+    """
+    if per_window is None:
+        per_window, _ = read_ranges(plan.window_seconds, at_micros, plan.resolutions)
     merged = {
         window: merge_states(plan.states, [tiles.get(tile) for tile in tile_list])
         for window, tile_list in per_window.items()
@@ -372,7 +380,7 @@ def read_aggregates(
     store: OnlineStore, plan: AggregationPlan, keys: Sequence[tuple[Any, ...]], at_micros: int
 ) -> pd.DataFrame:
     """Online window values for ``keys`` at ``at_micros``: one row per key, in order."""
-    _, ranges = read_ranges(plan.window_seconds, at_micros, plan.resolutions)
+    per_window, ranges = read_ranges(plan.window_seconds, at_micros, plan.resolutions)
     spans = [(r.resolution, r.first, r.last) for r in ranges]
     fs = plan.feature_set
     records: list[dict[str, Any]] = []
@@ -381,7 +389,7 @@ def read_aggregates(
         tiles = {(t.resolution, t.start): json.loads(t.state) for t in key_tiles}
         record: dict[str, Any] = dict(zip(fs.key, key, strict=True))
         record[fs.timestamp_column] = pd.Timestamp(at_micros, unit="us")
-        record.update(window_values(plan, tiles, at_micros))
+        record.update(window_values(plan, tiles, at_micros, per_window))
         records.append(record)
     columns = [*fs.key, fs.timestamp_column, *[o.name for o in plan.outputs]]
     return pd.DataFrame.from_records(records, columns=columns)

@@ -207,11 +207,11 @@ class CassandraOnlineStore(OnlineStore):
         from cassandra import InvalidRequest
 
         layouts = f"{_quote(self.keyspace)}.{_LAYOUTS}"
-        session = self._session()
         try:
-            row = session.execute(
-                session.prepare(f"SELECT layout FROM {layouts} WHERE name = ?"), (name,)
-            ).one()
+            statement = self._prepared_for(
+                _LAYOUTS, "layout-read", f"SELECT layout FROM {layouts} WHERE name = ?"
+            )
+            row = self._session().execute(statement, (name,)).one()
         except InvalidRequest:
             return None
         return OnlineTable.from_json(row[0]) if row else None
