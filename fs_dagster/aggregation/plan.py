@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from fs_dagster.aggregation.states import StateSpec, state_specs
@@ -26,7 +27,7 @@ class FeatureOutput:
 
 @dataclass(frozen=True)
 class AggregationPlan:
-    """The compiled aggregation of one feature set.
+    """The compiled aggregation of one feature set (derived lists are computed once).
 
     Attributes:
         feature_set: the feature set.
@@ -38,7 +39,7 @@ class AggregationPlan:
     key_kinds: Mapping[str, ColumnKind]
     column_kinds: Mapping[str, ColumnKind]
 
-    @property
+    @cached_property
     def outputs(self) -> list[FeatureOutput]:
         """Features in :attr:`FeatureSet.feature_names` order."""
         fs = self.feature_set
@@ -48,17 +49,17 @@ class AggregationPlan:
             for window in fs.windows
         ]
 
-    @property
+    @cached_property
     def states(self) -> list[StateSpec]:
         """States kept per tile."""
         return state_specs(self.feature_set.aggregations)
 
-    @property
+    @cached_property
     def window_seconds(self) -> list[int]:
         """Window lengths in seconds, in declared order."""
         return [w.seconds for w in self.feature_set.windows]
 
-    @property
+    @cached_property
     def resolutions(self) -> tuple[int, ...]:
         """Tile resolutions written for these windows."""
         return resolutions_for(self.window_seconds)

@@ -19,12 +19,14 @@ So the window is exact to the second at its recent end and its far end sits on a
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "LADDER",
     "MAX_EDGE_TILES",
+    "TileIndex",
     "TileRange",
     "decompose",
     "edge_resolution",
@@ -82,6 +84,41 @@ def decompose(start: int, end: int, resolutions: Sequence[int] = LADDER) -> list
         else:  # pragma: no cover - 1 s is always in the ladder
             raise ValueError(f"no rung fits at {cursor}")
     return tiles
+
+
+class TileIndex:
+    """The tiles stored for one key, to find those :func:`decompose` picks for a window.
+
+    ``decompose`` lists every tile of a window, stored or not: hundreds of lookups for a
+    long window with a fine edge, most of them misses for a sparse key. The index instead
+    looks only at stored tiles: a tile ``(r, s)`` is one of the window's exactly when it
+    lies inside ``[S, E)`` and its parent at the next coarser kept rung does not (rungs
+    nest, so no coarser ancestor does either): the same tiles, found by bisection.
+    """
+
+    def __init__(self, tiles: Iterable[tuple[int, int]], resolutions: Sequence[int]) -> None:
+        ordered = sorted(resolutions)
+        starts: dict[int, list[int]] = {r: [] for r in ordered}
+        for resolution, start in tiles:
+            if resolution in starts:  # a rung the windows no longer use is never read
+                starts[resolution].append(start)
+        self._starts = {r: sorted(s) for r, s in starts.items() if s}
+        self._parent = {r: next((c for c in ordered if c > r), None) for r in ordered}
+
+    def covering(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The stored tiles among ``decompose(start, end)``'s, as ``(resolution, start)``."""
+        found: list[tuple[int, int]] = []
+        for resolution, starts in self._starts.items():
+            parent = self._parent[resolution]
+            low = bisect_left(starts, start)
+            high = bisect_right(starts, end - resolution)
+            for tile in starts[low:high]:
+                if parent is not None:
+                    outer = tile - tile % parent
+                    if outer >= start and outer + parent <= end:
+                        continue  # the coarser tile covers it
+                found.append((resolution, tile))
+        return found
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ Per micro-batch of the online ingestion query:
 1. the watermark is the newest event time recorded by earlier batches minus
    ``allowed_lateness`` (kept in the online store per batch id, so a replayed batch sees
    the same watermark); events older than it go to the late-events table with a reason;
-2. Spark computes, for every resolution, one partial state per (key, tile) from the
-   on-time events;
+2. Spark computes, in one shuffle for all resolutions, one partial state per (key,
+   resolution, tile) from the on-time events;
 3. each partial is merged into the stored tile and the full state is written back with
    the batch id as its version. A tile whose stored version is already this batch's was
    written before a crash and is left alone, so a replayed batch counts every event once;
-   an older write never replaces a newer version (Cassandra ``USING TIMESTAMP``);
+   an older write never replaces a newer version (Cassandra ``USING TIMESTAMP``). A tile
+   that starts after the newest event time of the earlier batches can hold nothing but
+   this batch's events, so it is written without being read first;
 4. the same partials are appended to the offline tile table (Delta, idempotent per batch),
    from which point-in-time reads merge tiles exactly like online reads.
 """
@@ -46,7 +48,7 @@ from fs_dagster.aggregation.states import (
     merge_states,
     sketch_from_values,
 )
-from fs_dagster.aggregation.tiles import read_ranges
+from fs_dagster.aggregation.tiles import TileIndex, read_ranges, window_bounds
 from fs_dagster.definitions.aggregations import BOOLEAN_FUNCTIONS, NUMERIC_FUNCTIONS
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
@@ -177,25 +179,23 @@ def tile_partials(on_time: DataFrame, plan: AggregationPlan) -> DataFrame:
         F.unix_micros(F.col(fs.timestamp_column).cast("timestamp")).alias(_MICROS),
         *[_value(c, plan.column_kinds[c]).alias(f"__v_{c}") for c in columns],
     )
+    # Every event once per resolution, then one shuffle for all resolutions' tiles.
+    rungs = F.array(*[F.lit(r).cast("long") for r in plan.resolutions])
+    tiled = base.withColumn(_RES, F.explode(rungs))
+    tiled = tiled.withColumn(
+        _TILE,
+        (F.floor(F.col(_MICROS) / (F.col(_RES) * F.lit(1_000_000))) * F.col(_RES)).cast("long"),
+    )
+    group = [*keys, _RES, _TILE]
     moments = sorted({s.column for s in plan.states if s.kind == "moments"})
-    parts: list[DataFrame] = []
-    for resolution in plan.resolutions:
-        tiled = base.withColumn(_RES, F.lit(resolution)).withColumn(
-            _TILE, F.floor(F.col(_MICROS) / F.lit(resolution * 1_000_000)) * F.lit(resolution)
-        )
-        group = [*keys, _RES, _TILE]
-        if moments:
-            # The tile's minimum is its pivot: deterministic, and close to every value.
-            by_tile = Window.partitionBy(*[F.col(c) for c in group])
-            for column in moments:
-                tiled = tiled.withColumn(
-                    f"__p_{column}", F.min(F.col(f"__v_{column}").cast("double")).over(by_tile)
-                )
-        parts.append(tiled.groupBy(*group).agg(*_partial_aggregates(plan)))
-    result = parts[0]
-    for part in parts[1:]:
-        result = result.unionByName(part)
-    return result.withColumn(_TILE, F.col(_TILE).cast("long"))
+    if moments:
+        # The tile's minimum is its pivot: deterministic, and close to every value.
+        by_tile = Window.partitionBy(*[F.col(c) for c in group])
+        for column in moments:
+            tiled = tiled.withColumn(
+                f"__p_{column}", F.min(F.col(f"__v_{column}").cast("double")).over(by_tile)
+            )
+    return tiled.groupBy(*group).agg(*_partial_aggregates(plan))
 
 
 def aggregation_layout(plan: AggregationPlan) -> OnlineTable:
@@ -285,47 +285,56 @@ def partial_state(row: Mapping[str, Any], states: Sequence[StateSpec]) -> dict[s
 
 
 def apply_partials(
-    store: OnlineStore, plan: AggregationPlan, rows: Iterable[Mapping[str, Any]], version: int
+    store: OnlineStore,
+    plan: AggregationPlan,
+    rows: Iterable[Mapping[str, Any]],
+    version: int,
+    fresh_after: int | None = None,
 ) -> int:
     """Merge encoded partial rows (see :func:`encode_partials`) into the stored tiles and
     write full states at ``version``.
 
     Tiles already at ``version`` (written before a crash) are skipped: replay-safe.
+    ``fresh_after`` is the newest event time (micros) of the batches before this one: a
+    tile starting after it holds no earlier event, so its partial is its full state and it
+    is written without reading it first (a replay writes the same state again).
     """
     keys = list(plan.feature_set.key)
-    pending: list[tuple[tuple[Any, ...], int, int, dict[str, Any]]] = []
+    pending: list[tuple[tuple[Any, ...], int, int, str]] = []
     written = 0
     for row in rows:
-        pending.append(
-            (
-                tuple(row[k] for k in keys),
-                int(row[_RES]),
-                int(row[_TILE]),
-                json.loads(row["state"]),
-            )
-        )
+        pending.append((tuple(row[k] for k in keys), int(row[_RES]), int(row[_TILE]), row["state"]))
         if len(pending) >= 2000:
-            written += _flush(store, plan, pending, version)
+            written += _flush(store, plan, pending, version, fresh_after)
             pending = []
     if pending:
-        written += _flush(store, plan, pending, version)
+        written += _flush(store, plan, pending, version, fresh_after)
     return written
 
 
 def _flush(
     store: OnlineStore,
     plan: AggregationPlan,
-    pending: list[tuple[tuple[Any, ...], int, int, dict[str, Any]]],
+    pending: list[tuple[tuple[Any, ...], int, int, str]],
     version: int,
+    fresh_after: int | None,
 ) -> int:
     table = plan.tile_table
-    stored = store.read_tile_versions(table, [(k, r, s) for k, r, s, _ in pending])
     writes: list[TileWrite] = []
-    for (key, resolution, start, partial), current in zip(pending, stored, strict=True):
+    merge: list[tuple[tuple[Any, ...], int, int, str]] = []
+    for key, resolution, start, state in pending:
+        if fresh_after is not None and start * 1_000_000 > fresh_after:
+            writes.append(
+                TileWrite(key, resolution, start, version, state, plan.retention(resolution))
+            )
+        else:
+            merge.append((key, resolution, start, state))
+    stored = store.read_tile_versions(table, [(k, r, s) for k, r, s, _ in merge])
+    for (key, resolution, start, partial), current in zip(merge, stored, strict=True):
         if current is not None and current.version >= version:
             continue  # this batch already reached the tile before a restart
         base = json.loads(current.state) if current is not None else {}
-        merged = merge_states(plan.states, [base, partial])
+        merged = merge_states(plan.states, [base, json.loads(partial)])
         writes.append(
             TileWrite(
                 key=key,
@@ -348,48 +357,66 @@ def _decode(value: Any, kind: ColumnKind) -> Any:
 
 
 def window_values(
-    plan: AggregationPlan,
-    tiles: Mapping[tuple[int, int], dict[str, Any]],
-    at_micros: int,
-    per_window: Mapping[int, list[tuple[int, int]]] | None = None,
+    plan: AggregationPlan, tiles: Mapping[tuple[int, int], dict[str, Any]], at_micros: int
 ) -> dict[str, Any]:
     """Every feature of ``plan`` at ``at_micros`` from the tiles of one key.
 
-    ``per_window`` (each window's tiles at ``at_micros``) may be passed when the caller
-    reads many keys at the same time, so it is computed once.
+    ``tiles`` maps ``(resolution, tile_start)`` to a state; tiles outside the windows are
+    ignored. Online reads and point-in-time reads both come here.
     """
-    if per_window is None:
-        per_window, _ = read_ranges(plan.window_seconds, at_micros, plan.resolutions)
-    merged = {
-        window: merge_states(plan.states, [tiles.get(tile) for tile in tile_list])
-        for window, tile_list in per_window.items()
-    }
-    values: dict[str, Any] = {}
-    for output in plan.outputs:
-        value = finalize(output.spec, merged[output.window.seconds])
-        kind = plan.column_kinds[output.spec.column]
-        if output.spec.function in ("min", "max"):
-            value = _decode(value, kind)
-        elif output.spec.function in ("last_n", "last_distinct_n") and value is not None:
-            value = [_decode(v, kind) for v in value]
-        values[output.name] = value
-    return values
+    return _WindowReader(plan).values(TileIndex(tiles, plan.resolutions), tiles, at_micros)
+
+
+class _WindowReader:
+    """Window values of one plan, with what every key shares computed once."""
+
+    def __init__(self, plan: AggregationPlan) -> None:
+        self.plan = plan
+        self.states = plan.states
+        self.windows = plan.window_seconds
+        self.outputs = [
+            (o.name, o.spec, o.window.seconds, plan.column_kinds[o.spec.column])
+            for o in plan.outputs
+        ]
+
+    def values(
+        self,
+        index: TileIndex,
+        tiles: Mapping[tuple[int, int], dict[str, Any]],
+        at_micros: int,
+    ) -> dict[str, Any]:
+        merged: dict[int, dict[str, Any]] = {}
+        for window in self.windows:
+            start, end = window_bounds(window, at_micros)
+            merged[window] = merge_states(
+                self.states, [tiles[tile] for tile in index.covering(start, end)]
+            )
+        values: dict[str, Any] = {}
+        for name, spec, window, kind in self.outputs:
+            value = finalize(spec, merged[window])
+            if spec.function in ("min", "max"):
+                value = _decode(value, kind)
+            elif spec.function in ("last_n", "last_distinct_n") and value is not None:
+                value = [_decode(v, kind) for v in value]
+            values[name] = value
+        return values
 
 
 def read_aggregates(
     store: OnlineStore, plan: AggregationPlan, keys: Sequence[tuple[Any, ...]], at_micros: int
 ) -> pd.DataFrame:
     """Online window values for ``keys`` at ``at_micros``: one row per key, in order."""
-    per_window, ranges = read_ranges(plan.window_seconds, at_micros, plan.resolutions)
+    _, ranges = read_ranges(plan.window_seconds, at_micros, plan.resolutions)
     spans = [(r.resolution, r.first, r.last) for r in ranges]
     fs = plan.feature_set
+    reader = _WindowReader(plan)
     records: list[dict[str, Any]] = []
     stored = store.read_tiles_for_keys(plan.tile_table, keys, spans) if spans else [[]] * len(keys)
     for key, key_tiles in zip(keys, stored, strict=True):
         tiles = {(t.resolution, t.start): json.loads(t.state) for t in key_tiles}
         record: dict[str, Any] = dict(zip(fs.key, key, strict=True))
         record[fs.timestamp_column] = pd.Timestamp(at_micros, unit="us")
-        record.update(window_values(plan, tiles, at_micros, per_window))
+        record.update(reader.values(TileIndex(tiles, plan.resolutions), tiles, at_micros))
         records.append(record)
     columns = [*fs.key, fs.timestamp_column, *[o.name for o in plan.outputs]]
     return pd.DataFrame.from_records(records, columns=columns)
@@ -418,9 +445,9 @@ def point_in_time_aggregates(
 ) -> DataFrame:
     """Window values as of each population row, from the offline tile partials.
 
-    Population rows and tile partials are co-grouped by key on the executors; each
-    group merges its tiles with the same code online reads use, so an offline value is
-    the online value that was served at that time for the same events.
+    Population rows and tile partials are co-grouped by a hash bucket of the key on the
+    executors; each key's tiles are merged with the same code online reads use, so an
+    offline value is the online value that was served at that time for the same events.
     """
     fs = plan.feature_set
     keys = list(fs.key)
@@ -443,34 +470,54 @@ def point_in_time_aggregates(
             ],
         ]
     )
-    pop_columns = [f.name for f in pop_fields]
     pit = "__fs_pit_micros"
+    bucket = "__fs_bucket"
+    # Co-group by a hash bucket of the key, not by the key: a group per key costs a
+    # Python call and an Arrow batch per key, which dominates for many sparse keys.
+    buckets = max(1, int(population.sparkSession.conf.get("spark.sql.shuffle.partitions") or 1))
+    # Hash the keys as the tiles type them, so an int population key meets its long tiles.
+    key_types = {k: tiles.schema[k].dataType for k in keys}
+    by_bucket = F.pmod(F.hash(*[F.col(k).cast(key_types[k]) for k in keys]), F.lit(buckets))
     population = population.withColumn(
         pit, F.unix_micros(F.col(point_in_time_column).cast("timestamp"))
-    )
+    ).withColumn(bucket, by_bucket)
+    tiles = tiles.select(*keys, _RES, _TILE, "state").withColumn(bucket, by_bucket)
+    names = [o.name for o in outputs]
 
-    def per_key(pop: pd.DataFrame, key_tiles: pd.DataFrame) -> pd.DataFrame:
-        merged: dict[tuple[int, int], dict[str, Any]] = {}
-        for resolution, start, state in zip(
-            key_tiles[_RES], key_tiles[_TILE], key_tiles["state"], strict=True
+    def per_bucket(pop: pd.DataFrame, bucket_tiles: pd.DataFrame) -> pd.DataFrame:
+        reader = _WindowReader(plan)
+        by_key: dict[tuple[Any, ...], dict[tuple[int, int], dict[str, Any]]] = {}
+        tile_keys = zip(*[bucket_tiles[k] for k in keys], strict=True)
+        for key, resolution, start, state in zip(
+            tile_keys, bucket_tiles[_RES], bucket_tiles[_TILE], bucket_tiles["state"], strict=True
         ):
+            merged = by_key.setdefault(key, {})
             tile = (int(resolution), int(start))
             merged[tile] = merge_states(plan.states, [merged.get(tile), json.loads(state)])
-        cache: dict[int, dict[str, Any]] = {}
-        rows: list[dict[str, Any]] = []
-        records: list[dict[str, Any]] = pop.to_dict("records")  # type: ignore[assignment]
-        for record in records:
-            at = record.pop(pit)
-            if at is None or pd.isna(at):
-                values: dict[str, Any] = {o.name: None for o in outputs}
-            else:
-                at = int(at)
-                if at // 1_000_000 not in cache:
-                    cache[at // 1_000_000] = window_values(plan, merged, at)
-                values = cache[at // 1_000_000]
-            rows.append({**record, **values})
-        return pd.DataFrame.from_records(rows, columns=[*pop_columns, *[o.name for o in outputs]])
+        indexes: dict[tuple[Any, ...], TileIndex] = {}
+        cache: dict[tuple[tuple[Any, ...], int], dict[str, Any]] = {}
+        empty: dict[str, Any] = dict.fromkeys(names)
+        columns: dict[str, list[Any]] = {name: [] for name in names}
+        for key, at in zip(zip(*[pop[k] for k in keys], strict=True), pop[pit], strict=True):
+            values = empty
+            if at is not None and not pd.isna(at):
+                # Window bounds depend on the read time's second only.
+                second = int(at) // 1_000_000
+                known = cache.get((key, second))
+                if known is None:
+                    tiles_of_key = by_key.get(key, {})
+                    index = indexes.get(key)
+                    if index is None:
+                        index = indexes[key] = TileIndex(tiles_of_key, plan.resolutions)
+                    known = cache[(key, second)] = reader.values(index, tiles_of_key, int(at))
+                values = known
+            for name in names:
+                columns[name].append(values[name])
+        result = pop.drop(columns=[pit, bucket])
+        for name in names:
+            result[name] = pd.Series(columns[name], index=result.index)
+        return result
 
-    grouped_pop = population.groupBy(*keys)
-    grouped_tiles = tiles.select(*keys, _RES, _TILE, "state").groupBy(*keys)
-    return grouped_pop.cogroup(grouped_tiles).applyInPandas(per_key, schema=result_schema)
+    grouped_pop = population.groupBy(bucket)
+    grouped_tiles = tiles.groupBy(bucket)
+    return grouped_pop.cogroup(grouped_tiles).applyInPandas(per_bucket, schema=result_schema)

@@ -349,7 +349,8 @@ class _BatchWriter:
             if tiles:
 
                 def write_partition(rows: Any) -> None:
-                    apply_partials(store, plan, (row.asDict() for row in rows), batch_id)
+                    partials = (row.asDict() for row in rows)
+                    apply_partials(store, plan, partials, batch_id, fresh_after=previous)
 
                 encoded.foreachPartition(write_partition)
                 (
