@@ -27,6 +27,10 @@ __all__ = ["CassandraOnlineStore"]
 
 _LAYOUTS = "fs_dagster_tables"
 _PROGRESS = "fs_dagster_progress"
+#: Tombstone grace of tile tables: the default hint window (3 h), not 10 days. Every tile
+#: write carries a TTL and tiles are never deleted, so each replica expires a tile on its
+#: own; a short grace only keeps expired tiles from piling up in a busy key's partition.
+_TILE_GC_GRACE_SECONDS = 3 * 3600
 
 _CQL_TYPES: dict[ColumnKind, str] = {
     "string": "text",
@@ -260,17 +264,19 @@ class CassandraOnlineStore(OnlineStore):
     def ensure_tile_table(self, table: TileTable) -> None:
         """Create the keyspace, the tile table and the progress table if missing.
 
-        A tile partition is one key at one resolution, clustered by tile start, so a
-        window read is one range scan per resolution.
+        A tile partition is one key, clustered by resolution then tile start, so reading
+        every window of a key is one query (a slice from the finest rung's first tile to
+        the coarsest rung's last). Tiles expire by TTL (see ``_TILE_GC_GRACE_SECONDS``).
         """
         self.ensure_keyspace()
         session = self._session()
         keys = [f"{_quote(c.name)} {_CQL_TYPES[c.kind]}" for c in table.keys]
-        partition = ", ".join([*(_quote(c.name) for c in table.keys), "resolution"])
+        partition = ", ".join(_quote(c.name) for c in table.keys)
         session.execute(
             f"CREATE TABLE IF NOT EXISTS {self._qualified(table.name)} ({', '.join(keys)}, "
             "resolution int, tile_start bigint, version bigint, state text, "
-            f"PRIMARY KEY (({partition}), tile_start)) WITH CLUSTERING ORDER BY (tile_start DESC)"
+            f"PRIMARY KEY (({partition}), resolution, tile_start)) "
+            f"WITH gc_grace_seconds = {_TILE_GC_GRACE_SECONDS}"
         )
         session.execute(
             f"CREATE TABLE IF NOT EXISTS {self._qualified(_PROGRESS)} (name text, batch_id bigint, "
@@ -282,13 +288,13 @@ class CassandraOnlineStore(OnlineStore):
     def _qualified(self, name: str) -> str:
         return f"{_quote(self.keyspace)}.{_quote(name)}"
 
-    def _tile_where(self, table: TileTable) -> str:
-        return " AND ".join([*(f"{_quote(n)} = ?" for n in table.key_names), "resolution = ?"])
+    def _key_where(self, table: TileTable) -> str:
+        return " AND ".join(f"{_quote(n)} = ?" for n in table.key_names)
 
     def read_tiles(
         self, table: TileTable, key: tuple[Any, ...], ranges: Sequence[tuple[int, int, int]]
     ) -> list[StoredTile]:
-        """Tiles of ``key`` in the given ranges (one range scan per resolution)."""
+        """Tiles of ``key`` in the given ranges (one slice query)."""
         return self.read_tiles_for_keys(table, [key], ranges)[0]
 
     def read_tiles_for_keys(
@@ -297,17 +303,32 @@ class CassandraOnlineStore(OnlineStore):
         keys: Sequence[tuple[Any, ...]],
         ranges: Sequence[tuple[int, int, int]],
     ) -> list[list[StoredTile]]:
-        """Every key's range scans at once, concurrently; results per key, in order."""
+        """One slice query per key, all concurrently; results per key, in order.
+
+        The slice runs from the finest range's first tile to the coarsest range's last;
+        tiles of a rung outside that rung's range are dropped here.
+        """
+        if not ranges:
+            return [[] for _ in keys]
+        ordered = sorted(ranges)
+        bounds = {r: (first, last) for r, first, last in ordered}
         cql = (
             f"SELECT resolution, tile_start, version, state FROM {self._qualified(table.name)} "
-            f"WHERE {self._tile_where(table)} AND tile_start >= ? AND tile_start <= ?"
+            f"WHERE {self._key_where(table)} "
+            "AND (resolution, tile_start) >= (?, ?) AND (resolution, tile_start) <= (?, ?)"
         )
         statement = self._prepared_for(table.name, "tiles", cql)
-        args = [(*key, r, first, last) for key in keys for r, first, last in ranges]
-        results = self._concurrently(statement, args)
-        per_key: list[list[StoredTile]] = [[] for _ in keys]
-        for index, (_ok, result) in enumerate(results):
-            per_key[index // len(ranges)].extend(StoredTile(*row) for row in result)
+        low = ordered[0][:2]
+        high = (ordered[-1][0], ordered[-1][2])
+        results = self._concurrently(statement, [(*key, *low, *high) for key in keys])
+        per_key: list[list[StoredTile]] = []
+        for _ok, result in results:
+            tiles: list[StoredTile] = []
+            for row in result:
+                first, last = bounds.get(row[0], (1, 0))
+                if first <= row[1] <= last:
+                    tiles.append(StoredTile(*row))
+            per_key.append(tiles)
         return per_key
 
     def read_tile_versions(
@@ -316,7 +337,7 @@ class CassandraOnlineStore(OnlineStore):
         """Stored tiles at exact positions, read concurrently."""
         cql = (
             f"SELECT resolution, tile_start, version, state FROM {self._qualified(table.name)} "
-            f"WHERE {self._tile_where(table)} AND tile_start = ?"
+            f"WHERE {self._key_where(table)} AND resolution = ? AND tile_start = ?"
         )
         statement = self._prepared_for(table.name, "tile", cql)
         args = [(*key, resolution, start) for key, resolution, start in tiles]
