@@ -31,6 +31,9 @@ _PROGRESS = "fs_dagster_progress"
 #: write carries a TTL and tiles are never deleted, so each replica expires a tile on its
 #: own; a short grace only keeps expired tiles from piling up in a busy key's partition.
 _TILE_GC_GRACE_SECONDS = 3 * 3600
+#: Tiles of one key per read or write request: a micro-batch usually touches a few per
+#: key (one per resolution); a hot key's many stay well below the batch size warning.
+_TILES_PER_REQUEST = 16
 
 _CQL_TYPES: dict[ColumnKind, str] = {
     "string": "text",
@@ -334,44 +337,70 @@ class CassandraOnlineStore(OnlineStore):
     def read_tile_versions(
         self, table: TileTable, tiles: Sequence[tuple[tuple[Any, ...], int, int]]
     ) -> list[StoredTile | None]:
-        """Stored tiles at exact positions, read concurrently."""
+        """Stored tiles at exact positions: one query per key (and up to
+        ``_TILES_PER_REQUEST`` tiles), all concurrently."""
         cql = (
             f"SELECT resolution, tile_start, version, state FROM {self._qualified(table.name)} "
-            f"WHERE {self._key_where(table)} AND resolution = ? AND tile_start = ?"
+            f"WHERE {self._key_where(table)} AND (resolution, tile_start) IN ?"
         )
         statement = self._prepared_for(table.name, "tile", cql)
-        args = [(*key, resolution, start) for key, resolution, start in tiles]
-        results = self._concurrently(statement, args)
-        found: list[StoredTile | None] = []
-        for _ok, result in results:
-            row = result.one()
-            found.append(None if row is None else StoredTile(*row))
-        return found
+        by_key: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+        for key, resolution, start in tiles:
+            by_key.setdefault(tuple(key), []).append((resolution, start))
+        chunks = [
+            (key, positions[i : i + _TILES_PER_REQUEST])
+            for key, positions in by_key.items()
+            for i in range(0, len(positions), _TILES_PER_REQUEST)
+        ]
+        results = self._concurrently(statement, [(*key, chunk) for key, chunk in chunks])
+        found: dict[tuple[tuple[Any, ...], int, int], StoredTile] = {}
+        for (key, _chunk), (_ok, result) in zip(chunks, results, strict=True):
+            for row in result:
+                found[(key, row[0], row[1])] = StoredTile(*row)
+        return [found.get((tuple(key), resolution, start)) for key, resolution, start in tiles]
 
     def write_tiles(self, table: TileTable, writes: Sequence[TileWrite]) -> int:
-        """Write full tile states ``USING TIMESTAMP <version>``: an older one never wins."""
+        """Write full tile states ``USING TIMESTAMP <version>``: an older one never wins.
+
+        A key's tiles share its partition, so they go as unlogged batches of up to
+        ``_TILES_PER_REQUEST`` (one mutation each), all concurrently.
+        """
+        from cassandra.query import BatchStatement, BatchType
+
         names = [*table.key_names, "resolution", "tile_start", "version", "state"]
         cql = (
             f"INSERT INTO {self._qualified(table.name)} ({', '.join(_quote(n) for n in names)}) "
             f"VALUES ({', '.join('?' for _ in names)}) USING TIMESTAMP ? AND TTL ?"
         )
         statement = self._prepared_for(table.name, "write-tile", cql)
-        # Cassandra write timestamps must grow with the version; +1 keeps version 0 valid.
-        args = [
-            (
-                *w.key,
-                w.resolution,
-                w.start,
-                w.version,
-                w.state,
-                w.version + 1,
-                max(w.ttl_seconds, 1),
+        by_key: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        for w in writes:
+            # Cassandra write timestamps must grow with the version; +1 keeps version 0 valid.
+            by_key.setdefault(tuple(w.key), []).append(
+                (
+                    *w.key,
+                    w.resolution,
+                    w.start,
+                    w.version,
+                    w.state,
+                    w.version + 1,
+                    max(w.ttl_seconds, 1),
+                )
             )
-            for w in writes
-        ]
-        if args:
-            self._concurrently(statement, args)
-        return len(args)
+        requests: list[tuple[Any, tuple[Any, ...]]] = []
+        for rows in by_key.values():
+            for i in range(0, len(rows), _TILES_PER_REQUEST):
+                chunk = rows[i : i + _TILES_PER_REQUEST]
+                if len(chunk) == 1:
+                    requests.append((statement, chunk[0]))
+                    continue
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for row in chunk:
+                    batch.add(statement, row)
+                requests.append((batch, ()))
+        if requests:
+            self._execute_all(requests)
+        return len(writes)
 
     def progress_before(self, name: str, batch_id: int) -> int | None:
         """Newest event time recorded before ``batch_id``."""
@@ -398,14 +427,14 @@ class CassandraOnlineStore(OnlineStore):
 
     def _concurrently(self, statement: Any, args: Sequence[tuple[Any, ...]]) -> Any:
         """Execute ``statement`` for every argument tuple, ``concurrency`` at a time."""
-        from cassandra.concurrent import execute_concurrent_with_args
+        return self._execute_all([(statement, a) for a in args])
 
-        return execute_concurrent_with_args(
-            self._session(),
-            statement,
-            args,
-            concurrency=self.concurrency,
-            raise_on_first_error=True,
+    def _execute_all(self, requests: Sequence[tuple[Any, tuple[Any, ...]]]) -> Any:
+        """Execute ``(statement, arguments)`` pairs, ``concurrency`` at a time, in order."""
+        from cassandra.concurrent import execute_concurrent
+
+        return execute_concurrent(
+            self._session(), requests, concurrency=self.concurrency, raise_on_first_error=True
         )
 
     def _prepared_for(self, table_name: str, kind: str, cql: str) -> Any:
