@@ -28,6 +28,11 @@ def demo_events() -> None:
 
 
 feature_store, pyspark = project_resources()
+demo_schedule_status = (
+    DefaultScheduleStatus.RUNNING
+    if project_settings().demo_schedule
+    else DefaultScheduleStatus.STOPPED
+)
 
 defs = Definitions.merge(
     build_definitions(feature_sets=FEATURE_SETS, feature_store=feature_store, pyspark=pyspark),
@@ -38,7 +43,7 @@ defs = Definitions.merge(
                 name="demo_events_every_minute",
                 job=demo_events,
                 cron_schedule="* * * * *",
-                default_status=DefaultScheduleStatus.RUNNING,
+                default_status=demo_schedule_status,
             )
         ],
     ),

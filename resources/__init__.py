@@ -15,6 +15,9 @@ a real service:
   ``FS_SPARK_JARS``: comma-separated connector jars, or ``FS_SPARK_JARS_DIR``: a
   directory of them (default ``.services/spark/lib``, filled by
   ``scripts/services.sh fetch spark``).
+
+``FS_DEMO_SCHEDULE=off`` leaves the ``demo_events_every_minute`` schedule stopped (it
+runs by default), for tests that must see only the runs they start.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class ProjectSettings:
     home: Path
     kafka_bootstrap_servers: str | None
     stream_dir: Path
+    demo_schedule: bool
 
     @property
     def uses_kafka(self) -> bool:
@@ -54,7 +58,17 @@ def project_settings() -> ProjectSettings:
         home=home,
         kafka_bootstrap_servers=os.environ.get("FS_KAFKA_BOOTSTRAP_SERVERS") or None,
         stream_dir=home / "stream",
+        demo_schedule=_on_or_off("FS_DEMO_SCHEDULE", default=True),
     )
+
+
+def _on_or_off(variable: str, *, default: bool) -> bool:
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ("on", "off"):
+        return raw.lower() == "on"
+    raise ValueError(f"{variable}={raw!r} is not understood; use 'on' or 'off'")
 
 
 def _spark_jars() -> tuple[str, ...]:
