@@ -106,3 +106,17 @@ def assert_matches(
                 assert math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9), label
             else:
                 assert g == w, label
+
+
+def assert_rows_match(
+    feature_set: FeatureSet, values: pd.DataFrame, events: pd.DataFrame, at_micros: int, where: str
+) -> None:
+    """Every key's row of ``values`` (as read at ``at_micros``) against the oracle."""
+    key = feature_set.key[0]
+    for record in values.to_dict("records"):
+        assert_matches(
+            feature_set,
+            record,
+            oracle(feature_set, events, record[key], at_micros),
+            f"{where} {record[key]}",
+        )

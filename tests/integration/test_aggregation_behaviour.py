@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 
 import fs_dagster as fs
 from fs_dagster import Aggregation
-from tests.integration.aggregation_oracle import assert_matches, oracle
+from tests.integration.aggregation_oracle import assert_rows_match
 from tests.integration.scenario import (
     SourceSpec,
     aggregated_feature_set,
@@ -251,22 +251,12 @@ def test_aggregates_survive_repeated_crashes(
     users = sorted(df["user_id"].unique())
     online = client.get_online_features(
         feature_set, users, at=datetime.fromtimestamp(at / 1e6, UTC)
-    ).set_index("user_id")
-    for user in users:
-        assert_matches(
-            feature_set,
-            online.loc[user].to_dict(),
-            oracle(feature_set, df, user, at),
-            f"after crashes {user}",
-        )
+    )
+    assert list(online["user_id"]) == users
+    assert_rows_match(feature_set, online, df, at, "after crashes")
     population = pd.DataFrame(
         {"user_id": users, "timestamp": [pd.Timestamp(at, unit="us")] * len(users)}
     )
-    offline = client.get_offline_features(population, feature_set).set_index("user_id")
-    for user in users:
-        assert_matches(
-            feature_set,
-            offline.loc[user].to_dict(),
-            oracle(feature_set, df, user, at),
-            f"offline after crashes {user}",
-        )
+    offline = client.get_offline_features(population, feature_set)
+    assert sorted(offline["user_id"]) == users
+    assert_rows_match(feature_set, offline, df, at, "offline after crashes")

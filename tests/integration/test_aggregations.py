@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 
 import fs_dagster as fs
 from fs_dagster import Aggregation
-from tests.integration.aggregation_oracle import assert_matches, oracle
+from tests.integration.aggregation_oracle import assert_matches, assert_rows_match, oracle
 from tests.integration.scenario import ingest_online, produce, write_json_file
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -112,14 +112,9 @@ def check_online_and_offline(
     times = read_times(df, seed=5)
     for at in times:
         at_dt = datetime.fromtimestamp(at / 1e6, UTC)
-        online = client.get_online_features(feature_set, keys, at=at_dt).set_index("user_id")
-        for key in keys:
-            assert_matches(
-                feature_set,
-                online.loc[key].to_dict(),
-                oracle(feature_set, df, key, at),
-                f"online {key}@{at_dt.isoformat()}",
-            )
+        online = client.get_online_features(feature_set, keys, at=at_dt)
+        assert list(online["user_id"]) == keys
+        assert_rows_match(feature_set, online, df, at, f"online @{at_dt.isoformat()}")
     population = pd.DataFrame(
         [
             (k, pd.Timestamp(t, unit="us"), i)
