@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F  # noqa: N812
@@ -39,6 +40,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from fs_dagster.aggregation.columnar import columnar_supported, columnar_window_values
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.aggregation.states import (
     StateSpec,
@@ -446,8 +448,11 @@ def point_in_time_aggregates(
     """Window values as of each population row, from the offline tile partials.
 
     Population rows and tile partials are co-grouped by a hash bucket of the key on the
-    executors; each key's tiles are merged with the same code online reads use, so an
-    offline value is the online value that was served at that time for the same events.
+    executors. Each window reads the tiles online reads would read at that time, so an
+    offline value is the online value served then for the same events: merged row by row
+    with the online code, or column-wise (:mod:`fs_dagster.aggregation.columnar`) when
+    every state is a sum, count, min, max or boolean count (float sums may then differ
+    from the online ones in the last digits, by the order of additions).
     """
     fs = plan.feature_set
     keys = list(fs.key)
@@ -484,7 +489,16 @@ def point_in_time_aggregates(
     tiles = tiles.select(*keys, _RES, _TILE, "state").withColumn(bucket, by_bucket)
     names = [o.name for o in outputs]
 
+    columnar = columnar_supported(plan)
+
     def per_bucket(pop: pd.DataFrame, bucket_tiles: pd.DataFrame) -> pd.DataFrame:
+        if columnar and (bucket_tiles.empty or int(bucket_tiles[_TILE].min()) >= 0):
+            at = pop[pit].to_numpy(dtype="float64", na_value=np.nan)
+            found = columnar_window_values(plan, bucket_tiles, keys, [pop[k] for k in keys], at)
+            out = pop.drop(columns=[pit, bucket]).reset_index(drop=True)
+            for name in names:
+                out[name] = found[name].to_numpy()
+            return out
         reader = _WindowReader(plan)
         by_key: dict[tuple[Any, ...], dict[tuple[int, int], dict[str, Any]]] = {}
         tile_keys = zip(*[bucket_tiles[k] for k in keys], strict=True)

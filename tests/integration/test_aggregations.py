@@ -47,6 +47,20 @@ def every_function(source: str) -> fs.SparkSqlTransformation:
     )
 
 
+def numeric_functions(source: str) -> fs.SparkSqlTransformation:
+    """Only states point-in-time reads compute column-wise (see ``aggregation.columnar``)."""
+    return (
+        fs.SparkSqlTransformation(f"SELECT user_id, amount, is_remote, ts FROM {source}")
+        .aggregate(Aggregation.sum("amount"))
+        .aggregate(Aggregation.count("amount"))
+        .aggregate(Aggregation.min("amount"))
+        .aggregate(Aggregation.max("amount"))
+        .aggregate(Aggregation.boolean_or("is_remote"))
+        .aggregate(Aggregation.boolean_and("is_remote").alias("all_remote"))
+        .by_windows(*WINDOWS)
+    )
+
+
 def random_events(seed: int, keys: int = 4) -> list[dict[str, Any]]:
     """Events over ~40 days, denser near T_END, delivered out of order within 20 min."""
     rng = random.Random(seed)
@@ -134,7 +148,14 @@ def check_online_and_offline(
         )
 
 
-def test_every_function_file_source_sqlite(spark: SparkSession, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "functions", [every_function, numeric_functions], ids=["every-function", "column-wise"]
+)
+def test_file_source_sqlite(
+    spark: SparkSession,
+    tmp_path: Path,
+    functions: Callable[[str], fs.SparkSqlTransformation],
+) -> None:
     source = fs.FileSource(
         name=f"ev_{uuid.uuid4().hex[:6]}",
         path=str(tmp_path / "in"),
@@ -147,7 +168,7 @@ def test_every_function_file_source_sqlite(spark: SparkSession, tmp_path: Path) 
         data_sources=[source],
         timestamp_column_name="ts",
         allowed_lateness="1 hour",
-    )(lambda: every_function(source.name))
+    )(lambda: functions(source.name))
     events = random_events(seed=1)
     for start in range(0, len(events), 60):
         write_json_file(Path(source.path), [json.dumps(e) for e in events[start : start + 60]])

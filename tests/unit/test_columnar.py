@@ -1,0 +1,168 @@
+"""Column-wise window values equal the row-by-row merge's, for the states they cover."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fs_dagster as fs
+from fs_dagster import Aggregation
+from fs_dagster.aggregation.columnar import columnar_supported, columnar_window_values
+from fs_dagster.aggregation.plan import AggregationPlan
+from fs_dagster.aggregation.states import merge_states, partial_from_values
+from fs_dagster.aggregation.tiles import TileIndex
+from fs_dagster.engine.aggregates import _WindowReader
+from fs_dagster.stores.online.base import ColumnKind
+
+pytestmark = [pytest.mark.unit]
+
+T = 1_790_000_000  # seconds; reads fall around here
+COLUMNS: dict[str, ColumnKind] = {
+    "amount": "double",
+    "qty": "long",
+    "flag": "boolean",
+    "seen": "timestamp",
+}
+
+
+def _plan(*aggregates: Any, windows: tuple[str, ...]) -> AggregationPlan:
+    source = fs.FileSource(
+        name="tx",
+        path="/tmp/fs-dagster-unit-columnar",
+        schema="user_id STRING, amount DOUBLE, qty BIGINT, flag BOOLEAN, seen TIMESTAMP, "
+        "ts TIMESTAMP",
+    )
+    transformation = fs.SparkSqlTransformation("SELECT * FROM tx")
+    for aggregate in aggregates:
+        transformation = transformation.aggregate(aggregate)
+    feature_set = fs.streaming.feature_set(
+        name="columnar", key="user_id", data_sources=[source], timestamp_column_name="ts"
+    )(lambda: transformation.by_windows(*windows))
+    return AggregationPlan(feature_set, {"user_id": "string"}, COLUMNS)
+
+
+NUMERIC = _plan(
+    Aggregation.sum("amount"),
+    Aggregation.sum("qty"),
+    Aggregation.count("amount"),
+    Aggregation.min("amount"),
+    Aggregation.max("qty"),
+    Aggregation.min("seen"),
+    Aggregation.max("seen"),
+    Aggregation.boolean_or("flag"),
+    Aggregation.boolean_and("flag"),
+    windows=("10 seconds", "1m", "10 minutes", "1 hour", "1d", "7d", "30d"),
+)
+
+
+def _events(rng: random.Random, keys: list[str]) -> list[dict[str, Any]]:
+    events = []
+    for _ in range(rng.randrange(0, 400)):
+        micros = (T - int(rng.expovariate(1 / 86_400) * rng.choice([0.001, 0.1, 1, 10]))) * 10**6
+        micros += rng.randrange(10**6)
+        events.append(
+            {
+                "user_id": rng.choice(keys),
+                "micros": micros,
+                "amount": None if rng.random() < 0.1 else rng.uniform(-1e6, 1e6),
+                "qty": None if rng.random() < 0.1 else rng.randrange(-(2**40), 2**40),
+                "flag": None if rng.random() < 0.1 else rng.random() < 0.8,
+                "seen": None if rng.random() < 0.1 else micros - rng.randrange(10**9),
+            }
+        )
+    return events
+
+
+def _partials(
+    plan: AggregationPlan, events: list[dict[str, Any]], rng: random.Random
+) -> pd.DataFrame:
+    """Tile partials as ingestion writes them: a tile's events split over 1 to 3 batches."""
+    cells: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for event in events:
+        for resolution in plan.resolutions:
+            start = event["micros"] // 10**6 // resolution * resolution
+            cells.setdefault((event["user_id"], resolution, start), []).append(event)
+    rows = []
+    for (key, resolution, start), members in cells.items():
+        batches = rng.randrange(1, 4)
+        for batch in range(batches):
+            part = members[batch::batches]
+            if not part:
+                continue
+            state = {}
+            for spec in plan.states:
+                value = partial_from_values(spec, [(e["micros"], e[spec.column]) for e in part])
+                if value is not None:
+                    state[spec.key] = value
+            rows.append((key, resolution, start, json.dumps(state)))
+    return pd.DataFrame(rows, columns=["user_id", "__fs_resolution", "__fs_tile_start", "state"])
+
+
+def _row_by_row(
+    plan: AggregationPlan, tiles: pd.DataFrame, keys: list[Any], at: list[float]
+) -> list[dict[str, Any]]:
+    by_key: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+    for key, resolution, start, state in tiles.itertuples(index=False):
+        merged = by_key.setdefault(key, {})
+        tile = (int(resolution), int(start))
+        merged[tile] = merge_states(plan.states, [merged.get(tile), json.loads(state)])
+    reader = _WindowReader(plan)
+    results = []
+    for key, when in zip(keys, at, strict=True):
+        if math.isnan(when):
+            results.append(dict.fromkeys(o.name for o in plan.outputs))
+            continue
+        tiles_of_key = by_key.get(key, {})
+        index = TileIndex(tiles_of_key, plan.resolutions)
+        results.append(reader.values(index, tiles_of_key, int(when)))
+    return results
+
+
+def _same(got: Any, want: Any) -> bool:
+    if want is None or (isinstance(want, float) and math.isnan(want)):
+        return got is None or got is pd.NaT or (isinstance(got, float) and math.isnan(got))
+    if isinstance(want, float):
+        return math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-6)
+    if isinstance(want, pd.Timestamp):
+        return pd.Timestamp(got) == want
+    return bool(got == want) and type(got) is not float
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_columnar_values_equal_row_by_row(seed: int) -> None:
+    rng = random.Random(seed)
+    keys = [f"k{i}" for i in range(rng.randrange(1, 6))]
+    tiles = _partials(NUMERIC, _events(rng, keys), rng)
+    population_keys = [rng.choice([*keys, "unknown", None]) for _ in range(300)]
+    at: list[float] = []
+    for _ in population_keys:
+        if rng.random() < 0.05:
+            at.append(math.nan)
+        else:
+            second = T - rng.choice([0, 1, 59, 60, 61, 3_600, 86_400]) - rng.randrange(0, 86_400)
+            at.append(float(second * 10**6 + rng.randrange(10**6)))
+    assert columnar_supported(NUMERIC)
+    got = columnar_window_values(
+        NUMERIC, tiles, ["user_id"], [pd.Series(population_keys)], np.array(at)
+    )
+    want = _row_by_row(NUMERIC, tiles, population_keys, at)
+    assert len(got) == len(NUMERIC.outputs)
+    for row, expected in enumerate(want):
+        for name, value in expected.items():
+            actual = got[name].iloc[row]
+            assert _same(actual, value), (
+                f"row {row} key {population_keys[row]} at {at[row]}: {name} {actual!r} != {value!r}"
+            )
+
+
+def test_states_it_does_not_cover_take_the_row_path() -> None:
+    assert not columnar_supported(_plan(Aggregation.avg("amount"), windows=("1h",)))
+    assert not columnar_supported(_plan(Aggregation.last_n("amount", 3), windows=("1h",)))
+    assert not columnar_supported(_plan(Aggregation.percentile("amount", 95), windows=("1h",)))
+    assert columnar_supported(_plan(Aggregation.count("flag"), windows=("1h",)))
