@@ -214,14 +214,21 @@ class _BatchWriter:
                 F.max(F.when(~null_keys, F.col(fs.timestamp_column).cast("timestamp"))).alias(
                     "max_ts"
                 ),
-                F.count_distinct(F.when(~null_keys, F.struct(*[F.col(k) for k in fs.key]))).alias(
-                    "keys"
-                ),
+                F.max(
+                    F.when(~null_keys, F.unix_micros(F.col(fs.timestamp_column).cast("timestamp")))
+                ).alias("max_micros"),
+                # Keys written are only counted where rows are written per key.
+                (
+                    F.count_distinct(F.when(~null_keys, F.struct(*[F.col(k) for k in fs.key])))
+                    if self.pipeline == "online" and self.aggregation is None
+                    else F.lit(0)
+                ).alias("keys"),
             ).first()
             derived = int(stats["derived_bad"]) if stats else 0
             rows_valid = int(stats["n"]) if stats else 0
             distinct_keys = int(stats["keys"]) if stats else 0
             max_ts: datetime | None = stats["max_ts"] if stats else None
+            max_micros: int | None = stats["max_micros"] if stats else None
             if bad or derived:
                 self._dead_letters(batch, derived_bad, batch_id)
             dead_count = bad + derived
@@ -229,7 +236,7 @@ class _BatchWriter:
             watermark: int | None = None
             if rows_valid:
                 if self.pipeline == "online" and self.aggregation is not None:
-                    tiles, late, watermark = self._write_aggregates(valid, batch_id)
+                    tiles, late, watermark = self._write_aggregates(valid, batch_id, max_micros)
                     written = tiles
                 elif self.pipeline == "online":
                     self._write_online(valid)
@@ -323,15 +330,18 @@ class _BatchWriter:
 
         latest.foreachPartition(write_partition)
 
-    def _write_aggregates(self, valid: DataFrame, batch_id: int) -> tuple[int, int, int | None]:
-        """Late split, tile partials into the online store and the offline tile table."""
+    def _write_aggregates(
+        self, valid: DataFrame, batch_id: int, newest_in_batch: int | None
+    ) -> tuple[int, int, int | None]:
+        """Late split, tile partials into the online store and the offline tile table.
+
+        ``newest_in_batch`` is the batch's newest event time in microseconds.
+        """
         fs = self.feature_set
         plan = self.aggregation
         store = self.online_store
         assert plan is not None and store is not None
         micros = F.unix_micros(F.col(fs.timestamp_column).cast("timestamp"))
-        newest_row = valid.agg(F.max(micros)).first()
-        newest_in_batch = newest_row[0] if newest_row else None
         progress = plan.tile_table.name
         previous = store.progress_before(progress, batch_id)
         lateness = int(fs.allowed_lateness.total_seconds() * 1_000_000)
