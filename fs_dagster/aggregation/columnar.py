@@ -65,7 +65,7 @@ def _tile_arrays(
     """One row per distinct tile, sorted by (resolution, key id, start), partials merged.
 
     Columns: ``res``, ``pos`` (key id and start in one int64) and, per state, its
-    value(s) and a presence count (how many partials had it).
+    value(s); for min and max also a presence count (how many partials had it).
     """
     columns: dict[str, Any] = {
         "res": resolutions.astype(np.int64),
@@ -82,16 +82,17 @@ def _tile_arrays(
             merge[f"{name}|t"] = merge[f"{name}|n"] = "sum"
             continue
         dtype = _dtype(plan, spec.kind, spec.column)
-        present = np.array([v is not None for v in values], np.int64)
-        filler: float = 0
-        if spec.kind == "min":
-            filler = np.iinfo(np.int64).max if dtype is np.int64 else np.inf
-        elif spec.kind == "max":
-            filler = np.iinfo(np.int64).min if dtype is np.int64 else -np.inf
+        filler: float = 0  # a sum or count without the state: its tile had only nulls
+        if spec.kind in ("min", "max"):
+            # Which tiles have a value (the filler could be a value of an int column).
+            present = np.array([v is not None for v in values], np.int64)
+            columns[f"{name}|present"] = present
+            merge[f"{name}|present"] = "sum"
+            filler = (np.iinfo(np.int64).max if dtype is np.int64 else np.inf) * (
+                1 if spec.kind == "min" else -1
+            )
         columns[name] = np.array([filler if v is None else v for v in values], dtype)
-        columns[f"{name}|present"] = present
         merge[name] = spec.kind if spec.kind in ("min", "max") else "sum"
-        merge[f"{name}|present"] = "sum"
     frame = pd.DataFrame(columns)
     if frame.empty:
         return frame
@@ -167,12 +168,21 @@ def columnar_window_values(
         for resolution, part in table.groupby("res", sort=True):
             by_rung[int(str(resolution))] = part.reset_index(drop=True)
 
+    # Reads in (key, time) order make searchsorted and reduceat walk memory in order
+    # (several times faster than random order); results go back to the rows' order.
+    order = np.lexsort((at_seconds, base))
+    restore = np.empty_like(order)
+    restore[order] = np.arange(len(order))
+    base, at_seconds = base[order], at_seconds[order]
     values: dict[str, pd.Series] = {}
     for window in plan.window_seconds:
         edge = edge_resolution(window)
         highs = at_seconds + 1
         lows = -(-(highs - window) // edge) * edge
-        totals = _reduce_window(by_rung=by_rung, parents=parents, base=base, lows=lows, highs=highs)
+        reduced = _reduce_window(
+            by_rung=by_rung, parents=parents, base=base, lows=lows, highs=highs
+        )
+        totals = {column: array[restore] for column, array in reduced.items()}
         for output in plan.outputs:
             if output.window.seconds == window:
                 values[output.name] = _finalize(plan, output.spec, totals, known, rows)
@@ -191,6 +201,7 @@ def _reduce_window(
     totals: dict[str, np.ndarray] = {}
     for resolution, part in by_rung.items():
         positions = part["pos"].to_numpy()
+        prefixes: dict[str, np.ndarray] = {}
         for first, last in _runs(lows, highs, resolution, parents[resolution]):
             begin = np.searchsorted(positions, base + first, side="left")
             end = np.searchsorted(positions, base + last, side="right")
@@ -206,6 +217,15 @@ def _reduce_window(
                 kind = column.split(":", 1)[0]
                 values = part[column].to_numpy()
                 ufunc: Any
+                if kind in ("count", "bool") or column.endswith("|present"):
+                    # Counts: differences of prefix sums (exact for integers, and O(1)).
+                    prefix = prefixes.get(column)
+                    if prefix is None:
+                        prefix = prefixes[column] = np.concatenate(([0], np.cumsum(values)))
+                    counted = np.where(empty, 0, prefix[end] - prefix[np.minimum(begin, end)])
+                    current = totals.get(column)
+                    totals[column] = counted if current is None else current + counted
+                    continue
                 if kind in ("min", "max") and "|" not in column:
                     ufunc = np.minimum if kind == "min" else np.maximum
                     identity = values.dtype.type(
@@ -254,10 +274,8 @@ def _finalize(
         return _column(zeros if value is None else value, known)
     if function == "sum":
         # An empty window sums to 0 (a tile without the state holds only nulls).
-        dtype = _dtype(plan, kind, spec.column)
-        sums = np.zeros(rows, dtype) if value is None else value
-        present = totals.get(f"{name}|present", zeros)
-        return _column(np.where(present > 0, sums, dtype(0)), known)
+        sums = np.zeros(rows, _dtype(plan, kind, spec.column)) if value is None else value
+        return _column(sums, known)
     # min and max: null when no tile of the window had a value.
     present = totals.get(f"{name}|present", zeros)
     filled = known & (present > 0)
