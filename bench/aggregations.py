@@ -33,7 +33,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -49,18 +48,23 @@ import numpy as np
 import pandas as pd
 
 import fs_dagster as fs
-from bench.online_ingestion import (
-    _check_query,
-    _fmt,
-    _kafka_common,
-    _plan,
-    _ReportLog,
-    _stop_when_idle,
-    _table,
+from bench.common import (
+    ReportLog,
+    cassandra_session,
+    check_query,
+    check_services,
     create_topic,
     delete_topics,
+    drop_keyspace,
+    fmt,
+    kafka_common,
     percentile,
+    ratio,
     spark_jars,
+    stop_when_idle,
+    storage_plan,
+    text_table,
+    write_results,
 )
 from fs_dagster.aggregation.tiles import window_bounds
 from fs_dagster.engine.pipeline import start_ingestion
@@ -194,7 +198,7 @@ def preload(bootstrap: str, topic: str, events: Events) -> None:
     """Produce ``events`` in order, keyed by ``user_id``, as JSON matching :data:`SCHEMA`."""
     from confluent_kafka import Producer
 
-    producer = Producer({**_kafka_common(bootstrap), "linger.ms": 20})
+    producer = Producer({**kafka_common(bootstrap), "linger.ms": 20})
     for index in range(len(events.seq)):
         user = f"u{events.user[index]}"
         value = json.dumps(
@@ -281,40 +285,6 @@ def outputs_of(feature_set: fs.FeatureSet) -> list[Output]:
 
 
 # --------------------------------------------------------------------------- Cassandra
-
-
-def _cassandra_cluster(host: str, port: int) -> Any:
-    """A driver cluster as fs-dagster's store builds it (round robin, 30 s requests)."""
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import RoundRobinPolicy
-
-    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=30)
-    return Cluster(
-        [host],
-        port=port,
-        protocol_version=5,
-        connect_timeout=10,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-    )
-
-
-def _cassandra_session(host: str, port: int) -> Any:
-    return _cassandra_cluster(host, port).connect()
-
-
-def drop_keyspace(host: str, port: int, keyspace: str) -> None:
-    """Drop ``keyspace``; a failure is logged, not raised (this runs during cleanup)."""
-    try:
-        session = _cassandra_session(host, port)
-    except Exception as exc:
-        log.warning("could not connect to Cassandra to drop %s: %s", keyspace, exc)
-        return
-    try:
-        session.execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=120)
-    except Exception as exc:
-        log.warning("could not drop keyspace %s: %s", keyspace, exc)
-    finally:
-        session.cluster.shutdown()
 
 
 def create_naive_tables(
@@ -450,13 +420,13 @@ def fs_ingestion(
     timeout: float,
 ) -> dict[str, Any]:
     """Ingest the topic with a fresh checkpoint and tile table until ``events`` are in."""
-    reports = _ReportLog(target_rows=events)
+    reports = ReportLog(target_rows=events)
     load_before = os.getloadavg()[0]
     began = time.monotonic()
     ingestion = start_ingestion(
         spark,
         feature_set,
-        _plan(feature_set, workdir),
+        storage_plan(feature_set, workdir),
         "online",
         online_store=store,
         on_batch=reports,
@@ -468,9 +438,9 @@ def fs_ingestion(
             if reports.reached.wait(timeout=1.0):
                 complete = True
                 break
-            _check_query(ingestion)
+            check_query(ingestion)
     finally:
-        _stop_when_idle(ingestion)
+        stop_when_idle(ingestion)
     entries = reports.snapshot()
     if not entries:
         raise RuntimeError(f"{feature_set.name}: no batch finished within {timeout} s")
@@ -1015,7 +985,7 @@ def offline_point_in_time(
             result[side] = {"seconds": None, "timed_out": str(exc)}
         result[side]["load_average_before"] = load_before
         result[side]["load_average_after"] = os.getloadavg()[0]
-        log.info("  %s: %s s", side, _fmt(result[side]["seconds"]))
+        log.info("  %s: %s s", side, fmt(result[side]["seconds"]))
     population.unpersist()
 
     step = max(1, cfg.population // max(cfg.check_rows, 1))
@@ -1075,28 +1045,6 @@ def merge_breakdown(
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def check_services(cfg: BenchConfig) -> None:
-    """Fail early, saying what to run, when Kafka or Cassandra is not listening."""
-    host, _, port = cfg.bootstrap.rpartition(":")
-    for service, address in (
-        ("kafka", (host, int(port))),
-        ("cassandra", (cfg.cassandra_host, cfg.cassandra_port)),
-    ):
-        try:
-            socket.create_connection(address, timeout=5).close()
-        except OSError:
-            raise SystemExit(
-                f"{service} is not listening on {address[0]}:{address[1]}; "
-                "start it with scripts/services.sh start kafka cassandra"
-            ) from None
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or not denominator:
-        return None
-    return numerator / denominator
 
 
 def warm_up(
@@ -1168,7 +1116,7 @@ def offline_rows(
     """Run fs-dagster's offline pipeline (``availableNow``) to get the raw feature rows
     the naive point-in-time read needs; return its seconds."""
     began = time.monotonic()
-    ingestion = start_ingestion(spark, feature_set, _plan(feature_set, workdir), "offline")
+    ingestion = start_ingestion(spark, feature_set, storage_plan(feature_set, workdir), "offline")
     try:
         if not ingestion.query.awaitTermination(int(timeout)):
             raise TimeoutError(f"the offline ingestion did not finish within {timeout} s")
@@ -1184,7 +1132,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run the benchmark and return the result document."""
     from fs_dagster.engine.spark_session import SparkSettings, create_spark_session
 
-    check_services(cfg)
+    check_services(cfg.bootstrap, cfg.cassandra_host, cfg.cassandra_port)
     run_id = uuid.uuid4().hex[:8]
     keyspace = f"fs_bench_agg_{run_id}"
     store = fs.CassandraOnlineStore(
@@ -1207,7 +1155,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     }
     try:
         store.ensure_keyspace()
-        session = _cassandra_session(cfg.cassandra_host, cfg.cassandra_port)
+        session = cassandra_session(cfg.cassandra_host, cfg.cassandra_port)
         log.info("keyspace %s; Spark session %s", keyspace, cfg.master)
         spark = create_spark_session(
             SparkSettings(
@@ -1274,7 +1222,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             outputs=outputs,
             read_at=read_at,
         )
-        log.info("  %s events/s", _fmt(base_row["events_per_second"]))
+        log.info("  %s events/s", fmt(base_row["events_per_second"]))
         log.info("ingestion: fs-dagster")
         feature_set = aggregated_feature_set(
             name, topic, cfg, max_offsets_per_trigger=cfg.max_offsets_per_trigger
@@ -1288,16 +1236,16 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             workdir=workdir,
             timeout=cfg.run_timeout,
         )
-        fs_row["ratio_events_per_second"] = _ratio(
+        fs_row["ratio_events_per_second"] = ratio(
             fs_row["events_per_second"], base_row["events_per_second"]
         )
-        fs_row["ratio_events_per_second_vs_recompute_only"] = _ratio(
+        fs_row["ratio_events_per_second_vs_recompute_only"] = ratio(
             fs_row["events_per_second"], base_row["events_per_second_recompute_only"]
         )
         log.info(
             "  %s events/s, %s tiles/s",
-            _fmt(fs_row["events_per_second"]),
-            _fmt(fs_row["tiles_per_second"]),
+            fmt(fs_row["events_per_second"]),
+            fmt(fs_row["tiles_per_second"]),
         )
         results["ingestion"] = {"fs-dagster": fs_row, "baseline": base_row}
         if not fs_row["complete"]:
@@ -1365,20 +1313,20 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 "ingestion events/s",
-                _fmt(fs_row["events_per_second"]),
-                _fmt(base["events_per_second"]),
-                _fmt(_ratio(fs_row["events_per_second"], base["events_per_second"])),
+                fmt(fs_row["events_per_second"]),
+                fmt(base["events_per_second"]),
+                fmt(ratio(fs_row["events_per_second"], base["events_per_second"])),
             ]
         )
         rows.append(
             [
                 "  vs recompute step only",
-                _fmt(fs_row["events_per_second"]),
-                _fmt(base["events_per_second_recompute_only"]),
-                _fmt(_ratio(fs_row["events_per_second"], base["events_per_second_recompute_only"])),
+                fmt(fs_row["events_per_second"]),
+                fmt(base["events_per_second_recompute_only"]),
+                fmt(ratio(fs_row["events_per_second"], base["events_per_second_recompute_only"])),
             ]
         )
-        rows.append(["  tiles written/s", _fmt(fs_row["tiles_per_second"]), "-", "-"])
+        rows.append(["  tiles written/s", fmt(fs_row["tiles_per_second"]), "-", "-"])
     online = results.get("online")
     if online:
         for row in online["reads"].values():
@@ -1389,9 +1337,9 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
                 rows.append(
                     [
                         f"online read {what} {stat[:3]} ms",
-                        _fmt(fs_v),
-                        _fmt(base_v),
-                        _fmt(_ratio(base_v, fs_v)),
+                        fmt(fs_v),
+                        fmt(base_v),
+                        fmt(ratio(base_v, fs_v)),
                     ]
                 )
     offline = results.get("offline")
@@ -1400,9 +1348,9 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 f"offline PIT {offline['population_rows']:,} rows s",
-                _fmt(fs_s),
-                _fmt(base_s),
-                _fmt(_ratio(base_s, fs_s)),
+                fmt(fs_s),
+                fmt(base_s),
+                fmt(ratio(base_s, fs_s)),
             ]
         )
     return rows
@@ -1433,7 +1381,7 @@ def format_results(results: dict[str, Any]) -> str:
             f"# {data['events']:,} events over {data['keys']:,} keys "
             f"({data['keys_with_events']:,} with events, {data['events_per_key_mean']:.1f} per "
             f"key; {data['hot_keys']} hot keys with "
-            f"{_fmt(data['events_per_hot_key_mean'], 1)} each), "
+            f"{fmt(data['events_per_hot_key_mean'], 1)} each), "
             f"{data['first_event']} .. {data['last_event']}; 3 aggregates x 5 windows; "
             f"reads at {data['read_at']}"
         )
@@ -1446,13 +1394,13 @@ def format_results(results: dict[str, Any]) -> str:
             f"{cfg['max_offsets_per_trigger']:,}), {fs_row['tiles_written']:,} tiles "
             f"({fs_row['tiles_per_event']:.2f}/event), first batch "
             f"{fs_row['first_batch_seconds']:.1f} s, "
-            f"{_fmt(fs_row['events_per_second_after_first'])} ev/s after it, "
+            f"{fmt(fs_row['events_per_second_after_first'])} ev/s after it, "
             f"late events {fs_row['late_events']}; baseline: raw store "
             f"{base['raw_store_seconds']:.1f} s + recompute {base['recompute_seconds']:.1f} s"
         )
     out.append("")
     out.append(
-        _table(
+        text_table(
             ["figure", "fs-dagster", "naive baseline", "fs-dagster speed-up (x)"],
             summary_rows(results),
         )
@@ -1616,10 +1564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     cfg = parse_args(argv)
     results = run(cfg)
-    cfg.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = cfg.results_dir / f"aggregations-{stamp}.json"
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    path = write_results(results, cfg.results_dir, "aggregations")
     print(format_results(results))
     print(f"\nresults: {path}")
     return 0

@@ -26,8 +26,6 @@ import platform
 import queue
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,14 +33,31 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fs_dagster as fs
-from fs_dagster.engine.pipeline import BatchReport, IngestionQuery, start_ingestion
-from fs_dagster.planning.plan import StoragePlan
+from bench.common import (
+    ReportLog,
+    cassandra_session,
+    check_query,
+    check_services,
+    create_topic,
+    delete_topics,
+    drop_keyspace,
+    fmt,
+    kafka_common,
+    percentile,
+    ratio,
+    spark_jars,
+    stop_when_idle,
+    storage_plan,
+    text_table,
+    write_results,
+)
+from fs_dagster.engine.pipeline import start_ingestion
 from fs_dagster.stores.online.base import EVENT_MICROS_COLUMN, OnlineColumn, OnlineTable
 
 if TYPE_CHECKING:
@@ -119,55 +134,12 @@ def event_micros(iso: str) -> int:
 # --------------------------------------------------------------------------- Kafka
 
 
-def _kafka_common(bootstrap: str) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, "broker.address.family": "v4"}
-
-
-def create_topic(bootstrap: str, name: str, partitions: int, timeout: float = 30) -> None:
-    """Create ``name`` and wait until every partition has a leader."""
-    # NewTopic is documented here; confluent-kafka's stubs just do not re-export it.
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient(_kafka_common(bootstrap))
-    futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
-        operation_timeout=timeout,
-    )
-    futures[name].result(timeout=timeout)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        topic = admin.list_topics(topic=name, timeout=5).topics.get(name)
-        if (
-            topic is not None
-            and topic.error is None
-            and len(topic.partitions) == partitions
-            and all(p.leader >= 0 for p in topic.partitions.values())
-        ):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"Kafka topic {name} had no leaders after {timeout} s")
-
-
-def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
-    """Delete ``names``; a failure is logged, not raised (this runs during cleanup)."""
-    if not names:
-        return
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(_kafka_common(bootstrap))
-    for name, future in admin.delete_topics(list(names), operation_timeout=30).items():
-        try:
-            future.result(timeout=30)
-        except Exception as exc:
-            log.warning("could not delete topic %s: %s", name, exc)
-
-
 def preload(cfg: BenchConfig, topic: str) -> dict[str, int]:
     """Produce ``cfg.events`` events over ``cfg.keys`` keys; return the newest seq per key."""
     from confluent_kafka import Producer
 
     rng = random.Random(cfg.seed)
-    producer = Producer({**_kafka_common(cfg.bootstrap), "linger.ms": 20})
+    producer = Producer({**kafka_common(cfg.bootstrap), "linger.ms": 20})
     latest: dict[str, int] = {}
     for seq in range(1, cfg.events + 1):
         user = f"u{rng.randrange(cfg.keys)}"
@@ -191,7 +163,7 @@ def produce_prime(bootstrap: str, topic: str) -> None:
     """Produce the one event whose visibility shows that a pipeline is running."""
     from confluent_kafka import Producer
 
-    producer = Producer(_kafka_common(bootstrap))
+    producer = Producer(kafka_common(bootstrap))
     value = encode_event(0, PRIME_KEY, datetime.now(UTC), random.Random(0))
     producer.produce(topic, key=PRIME_KEY.encode(), value=value)
     if producer.flush(30) != 0:
@@ -213,28 +185,6 @@ def bench_layout(table_name: str) -> OnlineTable:
         ),
         timestamp_column="ts",
     )
-
-
-def _cassandra_session(port: int) -> Any:
-    from cassandra.cluster import Cluster
-
-    cluster = Cluster([HOST], port=port, protocol_version=5, connect_timeout=10)
-    return cluster.connect()
-
-
-def drop_keyspace(port: int, keyspace: str) -> None:
-    """Drop ``keyspace``; a failure is logged, not raised (this runs during cleanup)."""
-    try:
-        session = _cassandra_session(port)
-    except Exception as exc:
-        log.warning("could not connect to Cassandra to drop %s: %s", keyspace, exc)
-        return
-    try:
-        session.execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=120)
-    except Exception as exc:
-        log.warning("could not drop keyspace %s: %s", keyspace, exc)
-    finally:
-        session.cluster.shutdown()
 
 
 def stale_keys(store: fs.CassandraOnlineStore, table: str, expected: dict[str, int]) -> int:
@@ -302,47 +252,6 @@ def bench_feature_set(
     )(transformation)
 
 
-@dataclass
-class _ReportLog:
-    """Batch reports with the monotonic time each one reached the driver."""
-
-    target_rows: int | None = None
-    entries: list[tuple[BatchReport, float]] = field(default_factory=list)
-    reached: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, report: BatchReport) -> None:
-        with self.lock:
-            self.entries.append((report, time.monotonic()))
-            rows = sum(r.rows_in for r, _ in self.entries)
-        if self.target_rows is not None and rows >= self.target_rows:
-            self.reached.set()
-
-    def snapshot(self) -> list[tuple[BatchReport, float]]:
-        with self.lock:
-            return list(self.entries)
-
-
-def _check_query(ingestion: IngestionQuery) -> None:
-    if not ingestion.query.isActive:
-        raise RuntimeError(f"the ingestion query stopped: {ingestion.query.exception()}")
-
-
-def _stop_when_idle(ingestion: IngestionQuery, timeout: float = 60) -> None:
-    """Stop the query between batches: stopping one mid-batch interrupts Spark jobs,
-    which Spark logs as errors that are not the bench's."""
-    deadline = time.monotonic() + timeout
-    while ingestion.query.isActive and time.monotonic() < deadline:
-        if not ingestion.query.status["isTriggerActive"]:
-            break
-        time.sleep(0.1)
-    ingestion.stop()
-
-
-def _plan(feature_set: fs.FeatureSet, workdir: Path) -> StoragePlan:
-    return StoragePlan(feature_set, str(workdir / "offline"), str(workdir / "checkpoints"))
-
-
 def warm_up(
     spark: SparkSession,
     cfg: BenchConfig,
@@ -364,7 +273,7 @@ def warm_up(
     ingestion = start_ingestion(
         spark,
         feature_set,
-        _plan(feature_set, workdir),
+        storage_plan(feature_set, workdir),
         "online",
         online_store=store,
         trigger_interval=0,
@@ -372,10 +281,10 @@ def warm_up(
     try:
         produce_prime(cfg.bootstrap, topic)
         return wait_visible(
-            store, feature_set.storage_name, cfg.run_timeout, lambda: _check_query(ingestion)
+            store, feature_set.storage_name, cfg.run_timeout, lambda: check_query(ingestion)
         )
     finally:
-        _stop_when_idle(ingestion)
+        stop_when_idle(ingestion)
 
 
 def fs_throughput(
@@ -393,13 +302,13 @@ def fs_throughput(
     feature_set = bench_feature_set(
         name, topic, cfg.bootstrap, max_offsets_per_trigger=cfg.max_offsets_per_trigger
     )
-    reports = _ReportLog(target_rows=cfg.events)
+    reports = ReportLog(target_rows=cfg.events)
     load_before = os.getloadavg()[0]
     began = time.monotonic()
     ingestion = start_ingestion(
         spark,
         feature_set,
-        _plan(feature_set, workdir),
+        storage_plan(feature_set, workdir),
         "online",
         online_store=store,
         on_batch=reports,
@@ -411,9 +320,9 @@ def fs_throughput(
             if reports.reached.wait(timeout=1.0):
                 complete = True
                 break
-            _check_query(ingestion)
+            check_query(ingestion)
     finally:
-        _stop_when_idle(ingestion)
+        stop_when_idle(ingestion)
     entries = reports.snapshot()
     if not entries:
         raise RuntimeError(f"{name}: no batch finished within {cfg.run_timeout} s")
@@ -463,12 +372,12 @@ def fs_freshness(
     feature_set = bench_feature_set(
         name, topic, cfg.bootstrap, max_offsets_per_trigger=cfg.max_offsets_per_trigger
     )
-    reports = _ReportLog()
+    reports = ReportLog()
     load_before = os.getloadavg()[0]
     ingestion = start_ingestion(
         spark,
         feature_set,
-        _plan(feature_set, workdir),
+        storage_plan(feature_set, workdir),
         "online",
         online_store=store,
         on_batch=reports,
@@ -477,14 +386,14 @@ def fs_freshness(
     try:
         produce_prime(cfg.bootstrap, topic)
         startup = wait_visible(
-            store, feature_set.storage_name, cfg.run_timeout, lambda: _check_query(ingestion)
+            store, feature_set.storage_name, cfg.run_timeout, lambda: check_query(ingestion)
         )
         probe = run_prober(
             cfg, keyspace=store.keyspace, topic=topic, feature_set_name=name, workdir=workdir
         )
-        _check_query(ingestion)
+        check_query(ingestion)
     finally:
-        _stop_when_idle(ingestion)
+        stop_when_idle(ingestion)
     measured_from = probe["measured_from_epoch"]
     measured_to = probe["produced_until_epoch"]
     window = [
@@ -538,7 +447,7 @@ def _consume_and_insert(spec: BaselineSpec, stop: Event) -> dict[str, Any]:
     from confluent_kafka import Consumer
 
     began = time.monotonic()
-    session = _cassandra_session(spec.cassandra_port)
+    session = cassandra_session(HOST, spec.cassandra_port)
     names = ["user_id", EVENT_MICROS_COLUMN, "amount", "is_remote", "seq"]
     columns = ", ".join(f'"{n}"' for n in names)
     insert = session.prepare(
@@ -547,7 +456,7 @@ def _consume_and_insert(spec: BaselineSpec, stop: Event) -> dict[str, Any]:
     )
     consumer = Consumer(
         {
-            **_kafka_common(spec.bootstrap),
+            **kafka_common(spec.bootstrap),
             "group.id": f"fs-bench-baseline-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
         }
@@ -770,7 +679,7 @@ def _probe(spec: ProbeSpec) -> dict[str, Any]:
         online_store=store, offline_root=spec.offline_root, feature_sets=[feature_set]
     )
     client.get_online_features(feature_set, [PRIME_KEY])  # connect, prepare, load the layout
-    producer = Producer({**_kafka_common(spec.bootstrap), "linger.ms": 0})
+    producer = Producer({**kafka_common(spec.bootstrap), "linger.ms": 0})
     samples: queue.SimpleQueue[_Sample] = queue.SimpleQueue()
     producer_done = threading.Event()
     stats: dict[str, Any] = {}
@@ -932,61 +841,26 @@ def run_prober(
 # --------------------------------------------------------------------------- figures
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile by linear interpolation between closest ranks."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or not denominator:
-        return None
-    return numerator / denominator
-
-
 def add_ratios(throughput: list[dict[str, Any]], freshness: list[dict[str, Any]]) -> None:
     """Put fs-dagster/baseline ratios on every fs-dagster row."""
     base_t = next((r for r in throughput if r["pipeline"] == "baseline"), None)
     for row in throughput:
         if row["pipeline"] == "fs-dagster" and base_t is not None:
-            row["ratio_throughput"] = _ratio(row["events_per_second"], base_t["events_per_second"])
-            row["ratio_throughput_wall"] = _ratio(
+            row["ratio_throughput"] = ratio(row["events_per_second"], base_t["events_per_second"])
+            row["ratio_throughput_wall"] = ratio(
                 row["events_per_second_wall"], base_t["events_per_second_wall"]
             )
     base_f = next((r for r in freshness if r["pipeline"] == "baseline"), None)
     for row in freshness:
         if row["pipeline"] == "fs-dagster" and base_f is not None:
-            row["ratio_p50"] = _ratio(row["p50"], base_f["p50"])
-            row["ratio_p99"] = _ratio(row["p99"], base_f["p99"])
-
-
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.{digits}f}"
-    return str(value)
+            row["ratio_p50"] = ratio(row["p50"], base_f["p50"])
+            row["ratio_p99"] = ratio(row["p99"], base_f["p99"])
 
 
 def _name(row: dict[str, Any]) -> str:
     if row["pipeline"] == "baseline":
         return "baseline"
     return f"fs-dagster, trigger {row['trigger_interval']:g} s"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -1006,22 +880,22 @@ def format_results(results: dict[str, Any]) -> str:
         rows = [
             [
                 _name(r),
-                _fmt(r["events"]),
-                _fmt(r.get("batches")),
-                _fmt(r.get("first_batch_seconds")),
-                _fmt(r["span_seconds"]),
-                _fmt(r["events_per_second"]),
-                _fmt(r.get("events_per_second_after_first")),
-                _fmt(r["wall_seconds"]),
-                _fmt(r["events_per_second_wall"]),
-                _fmt(r.get("ratio_throughput")),
-                _fmt(r.get("ratio_throughput_wall")),
-                _fmt(r.get("stale_keys")),
+                fmt(r["events"]),
+                fmt(r.get("batches")),
+                fmt(r.get("first_batch_seconds")),
+                fmt(r["span_seconds"]),
+                fmt(r["events_per_second"]),
+                fmt(r.get("events_per_second_after_first")),
+                fmt(r["wall_seconds"]),
+                fmt(r["events_per_second_wall"]),
+                fmt(r.get("ratio_throughput")),
+                fmt(r.get("ratio_throughput_wall")),
+                fmt(r.get("stale_keys")),
             ]
             for r in results["throughput"]
         ]
         out.append(
-            _table(
+            text_table(
                 [
                     "pipeline",
                     "events",
@@ -1048,24 +922,24 @@ def format_results(results: dict[str, Any]) -> str:
         rows = [
             [
                 _name(r),
-                _fmt(r["achieved_rate"], 0),
-                _fmt(r["samples"]),
-                _fmt(r["missing"]),
-                _fmt(r["read_errors"]),
-                _fmt(r["p50"]),
-                _fmt(r["p99"]),
-                _fmt(r["max"]),
-                _fmt(r.get("ratio_p50")),
-                _fmt(r.get("ratio_p99")),
-                _fmt(r.get("batches")),
-                _fmt(r.get("mean_batch_seconds")),
-                _fmt(r.get("reported_freshness_p50")),
-                _fmt(r["mean_poll_seconds"], 3),
+                fmt(r["achieved_rate"], 0),
+                fmt(r["samples"]),
+                fmt(r["missing"]),
+                fmt(r["read_errors"]),
+                fmt(r["p50"]),
+                fmt(r["p99"]),
+                fmt(r["max"]),
+                fmt(r.get("ratio_p50")),
+                fmt(r.get("ratio_p99")),
+                fmt(r.get("batches")),
+                fmt(r.get("mean_batch_seconds")),
+                fmt(r.get("reported_freshness_p50")),
+                fmt(r["mean_poll_seconds"], 3),
             ]
             for r in results["freshness"]
         ]
         out.append(
-            _table(
+            text_table(
                 [
                     "pipeline",
                     "ev/s",
@@ -1091,39 +965,11 @@ def format_results(results: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the run
 
 
-def spark_jars() -> tuple[str, ...]:
-    """The connector jars ``scripts/services.sh spark-jars`` prints."""
-    output = subprocess.run(
-        [str(REPO / "scripts" / "services.sh"), "spark-jars"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return tuple(p for p in output.strip().split(",") if p)
-
-
-def check_services(cfg: BenchConfig) -> None:
-    """Fail early, saying what to run, when Kafka or Cassandra is not listening."""
-    host, _, port = cfg.bootstrap.rpartition(":")
-    for service, address in (
-        ("kafka", (host, int(port))),
-        ("cassandra", (HOST, cfg.cassandra_port)),
-    ):
-        try:
-            socket.create_connection(address, timeout=5).close()
-        except OSError:
-            raise SystemExit(
-                f"{service} is not listening on {address[0]}:{address[1]}; "
-                "start it with scripts/services.sh start kafka cassandra"
-            ) from None
-
-
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run every phase asked for and return the result document."""
     from fs_dagster.engine.spark_session import SparkSettings, create_spark_session
 
-    check_services(cfg)
+    check_services(cfg.bootstrap, HOST, cfg.cassandra_port)
     run_id = uuid.uuid4().hex[:8]
     keyspace = f"fs_bench_{run_id}"
     store = fs.CassandraOnlineStore(hosts=[HOST], port=cfg.cassandra_port, keyspace=keyspace)
@@ -1208,12 +1054,12 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
                         workdir=workdir,
                     )
                 results["freshness"].append(row)
-                log.info("  p50 %s s, p99 %s s", _fmt(row["p50"], 3), _fmt(row["p99"], 3))
+                log.info("  p50 %s s, p99 %s s", fmt(row["p50"], 3), fmt(row["p99"], 3))
     finally:
         if spark is not None:
             spark.stop()
         store.close()
-        drop_keyspace(cfg.cassandra_port, keyspace)
+        drop_keyspace(HOST, cfg.cassandra_port, keyspace)
         delete_topics(cfg.bootstrap, topics)
         shutil.rmtree(workdir, ignore_errors=True)
     add_ratios(results["throughput"], results["freshness"])
@@ -1310,10 +1156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     cfg = parse_args(argv)
     results = run(cfg)
-    cfg.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = cfg.results_dir / f"online_ingestion-{stamp}.json"
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    path = write_results(results, cfg.results_dir, "online_ingestion")
     print(format_results(results))
     print(f"\nresults: {path}")
     return 0

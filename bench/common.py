@@ -1,0 +1,215 @@
+"""What both benchmarks share: Kafka topics, Cassandra sessions, fs-dagster queries,
+service checks, results files and text tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fs_dagster as fs
+from fs_dagster.engine.pipeline import BatchReport, IngestionQuery
+from fs_dagster.planning.plan import StoragePlan
+
+REPO = Path(__file__).resolve().parents[1]
+
+log = logging.getLogger("bench")
+
+
+def check_services(bootstrap: str, cassandra_host: str, cassandra_port: int) -> None:
+    """Fail early, saying what to run, when Kafka or Cassandra is not listening."""
+    host, _, port = bootstrap.rpartition(":")
+    for service, address in (
+        ("kafka", (host, int(port))),
+        ("cassandra", (cassandra_host, cassandra_port)),
+    ):
+        try:
+            socket.create_connection(address, timeout=5).close()
+        except OSError:
+            raise SystemExit(
+                f"{service} is not listening on {address[0]}:{address[1]}; "
+                "start it with scripts/services.sh start kafka cassandra"
+            ) from None
+
+
+def write_results(results: dict[str, Any], results_dir: Path, bench: str) -> Path:
+    """Write ``results`` as ``<results_dir>/<bench>-<UTC time>.json``; returns the path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = results_dir / f"{bench}-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return path
+
+
+def kafka_common(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "broker.address.family": "v4"}
+
+
+def create_topic(bootstrap: str, name: str, partitions: int, timeout: float = 30) -> None:
+    """Create ``name`` and wait until every partition has a leader."""
+    # NewTopic is documented here; confluent-kafka's stubs just do not re-export it.
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient(kafka_common(bootstrap))
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+        operation_timeout=timeout,
+    )
+    futures[name].result(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topic = admin.list_topics(topic=name, timeout=5).topics.get(name)
+        if (
+            topic is not None
+            and topic.error is None
+            and len(topic.partitions) == partitions
+            and all(p.leader >= 0 for p in topic.partitions.values())
+        ):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"Kafka topic {name} had no leaders after {timeout} s")
+
+
+def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
+    """Delete ``names``; a failure is logged, not raised (this runs during cleanup)."""
+    if not names:
+        return
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(kafka_common(bootstrap))
+    for name, future in admin.delete_topics(list(names), operation_timeout=30).items():
+        try:
+            future.result(timeout=30)
+        except Exception as exc:
+            log.warning("could not delete topic %s: %s", name, exc)
+
+
+@dataclass
+class ReportLog:
+    """Batch reports with the monotonic time each one reached the driver."""
+
+    target_rows: int | None = None
+    entries: list[tuple[BatchReport, float]] = field(default_factory=list)
+    reached: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, report: BatchReport) -> None:
+        with self.lock:
+            self.entries.append((report, time.monotonic()))
+            rows = sum(r.rows_in for r, _ in self.entries)
+        if self.target_rows is not None and rows >= self.target_rows:
+            self.reached.set()
+
+    def snapshot(self) -> list[tuple[BatchReport, float]]:
+        with self.lock:
+            return list(self.entries)
+
+
+def check_query(ingestion: IngestionQuery) -> None:
+    if not ingestion.query.isActive:
+        raise RuntimeError(f"the ingestion query stopped: {ingestion.query.exception()}")
+
+
+def stop_when_idle(ingestion: IngestionQuery, timeout: float = 60) -> None:
+    """Stop the query between batches: stopping one mid-batch interrupts Spark jobs,
+    which Spark logs as errors that are not the bench's."""
+    deadline = time.monotonic() + timeout
+    while ingestion.query.isActive and time.monotonic() < deadline:
+        if not ingestion.query.status["isTriggerActive"]:
+            break
+        time.sleep(0.1)
+    ingestion.stop()
+
+
+def storage_plan(feature_set: fs.FeatureSet, workdir: Path) -> StoragePlan:
+    return StoragePlan(feature_set, str(workdir / "offline"), str(workdir / "checkpoints"))
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile by linear interpolation between closest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def spark_jars() -> tuple[str, ...]:
+    """The connector jars ``scripts/services.sh spark-jars`` prints."""
+    output = subprocess.run(
+        [str(REPO / "scripts" / "services.sh"), "spark-jars"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return tuple(p for p in output.strip().split(",") if p)
+
+
+def cassandra_cluster(host: str, port: int) -> Any:
+    """A driver cluster as fs-dagster's store builds it (round robin, 30 s requests)."""
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import RoundRobinPolicy
+
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=30)
+    return Cluster(
+        [host],
+        port=port,
+        protocol_version=5,
+        connect_timeout=10,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+    )
+
+
+def cassandra_session(host: str, port: int) -> Any:
+    return cassandra_cluster(host, port).connect()
+
+
+def drop_keyspace(host: str, port: int, keyspace: str) -> None:
+    """Drop ``keyspace``; a failure is logged, not raised (this runs during cleanup)."""
+    try:
+        session = cassandra_session(host, port)
+    except Exception as exc:
+        log.warning("could not connect to Cassandra to drop %s: %s", keyspace, exc)
+        return
+    try:
+        session.execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=120)
+    except Exception as exc:
+        log.warning("could not drop keyspace %s: %s", keyspace, exc)
+    finally:
+        session.cluster.shutdown()
