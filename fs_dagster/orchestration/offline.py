@@ -50,6 +50,13 @@ def feature_set_metadata(feature_set: FeatureSet) -> dict[str, Any]:
     }
     if feature_set.online_ttl is not None:
         metadata[metadata_key("online_ttl_seconds")] = feature_set.online_ttl.total_seconds()
+    if feature_set.aggregations:
+        # What an aggregated feature set serves, readable in the UI without its code.
+        metadata[metadata_key("windows")] = ", ".join(w.label for w in feature_set.windows)
+        metadata[metadata_key("allowed_lateness_seconds")] = (
+            feature_set.allowed_lateness.total_seconds()
+        )
+        metadata[metadata_key("features")] = ", ".join(feature_set.feature_names)
     if meta.owner:
         metadata[metadata_key("owner")] = meta.owner
     if meta.display_name:
