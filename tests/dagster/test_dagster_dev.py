@@ -63,6 +63,44 @@ def _sqlite_rows(path: Path, table: str) -> int:
     return int(count)
 
 
+SPEND_COUNT = """
+import sys
+
+import fs_dagster as fs
+from jobs.spend import user_spend
+from resources import project_resources
+
+store, _ = project_resources()
+client = fs.FeatureStore(
+    online_store=store.create_online_store(),
+    offline_root=store.offline_root,
+    feature_sets=[user_spend],
+)
+users = [f"user-{i:04d}" for i in range(50)]
+try:
+    values = client.get_online_features(user_spend, users)
+except LookupError:  # no tiles written yet
+    print(0)
+    sys.exit(0)
+print(int(values["count_amount_7d"].sum()))
+"""
+
+
+def _spend_counted(env: dict[str, str]) -> int:
+    """Events counted in the 7-day windows of the example's 50 users, by a client process."""
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", SPEND_COUNT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return int(result.stdout.strip().splitlines()[-1])
+
+
 def test_dagster_dev_keeps_online_ingestion_running(
     tmp_path: Path, start_dagster_dev: Callable[..., DagsterDev]
 ) -> None:
@@ -105,6 +143,17 @@ def test_dagster_dev_keeps_online_ingestion_running(
         return "fs_dagster/heartbeat" in run_tags(dev.run(run["runId"]))
 
     dev.wait_until(heartbeat, timeout=60, what="the run's heartbeat tag")
+
+    # The aggregated example runs beside it, started by its own supervisor: every seeded
+    # event is counted once in its user's 7-day window, read as a user would.
+    dev.wait_until(
+        lambda: _spend_counted(env) == SEED_EVENTS,
+        timeout=240,
+        what=f"user-spend to count all {SEED_EVENTS} seeded events",
+    )
+    [spend_run] = dev.runs("user_spend__online_ingestion")
+    assert run_tags(spend_run)["dagster/run_key"] == "user_spend-online-1"
+
     ticks = dev.sensor(selector)["sensorState"]["ticks"]
     # One tick launched the run; every other finished tick skipped (the run was on its way
     # or running); the newest tick may still be evaluating.
