@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -211,9 +212,6 @@ class _BatchWriter:
             stats = features.agg(
                 F.count(F.when(null_keys, F.lit(1))).alias("derived_bad"),
                 F.count(F.when(~null_keys, F.lit(1))).alias("n"),
-                F.max(F.when(~null_keys, F.col(fs.timestamp_column).cast("timestamp"))).alias(
-                    "max_ts"
-                ),
                 F.max(
                     F.when(~null_keys, F.unix_micros(F.col(fs.timestamp_column).cast("timestamp")))
                 ).alias("max_micros"),
@@ -227,7 +225,6 @@ class _BatchWriter:
             derived = int(stats["derived_bad"]) if stats else 0
             rows_valid = int(stats["n"]) if stats else 0
             distinct_keys = int(stats["keys"]) if stats else 0
-            max_ts: datetime | None = stats["max_ts"] if stats else None
             max_micros: int | None = stats["max_micros"] if stats else None
             if bad or derived:
                 self._dead_letters(batch, derived_bad, batch_id)
@@ -249,7 +246,7 @@ class _BatchWriter:
         finally:
             features.unpersist()
         finished = datetime.now(UTC)
-        max_event = max_ts.replace(tzinfo=UTC) if max_ts is not None else None
+        max_event = _EPOCH + timedelta(microseconds=max_micros) if max_micros is not None else None
         return BatchReport(
             pipeline=self.pipeline,
             batch_id=batch_id,
