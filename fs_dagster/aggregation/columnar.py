@@ -82,15 +82,13 @@ def _tile_arrays(
             merge[f"{name}|t"] = merge[f"{name}|n"] = "sum"
             continue
         dtype = _dtype(plan, spec.kind, spec.column)
-        filler: float = 0  # a sum or count without the state: its tile had only nulls
         if spec.kind in ("min", "max"):
             # Which tiles have a value (the filler could be a value of an int column).
             present = np.array([v is not None for v in values], np.int64)
             columns[f"{name}|present"] = present
             merge[f"{name}|present"] = "sum"
-            filler = (np.iinfo(np.int64).max if dtype is np.int64 else np.inf) * (
-                1 if spec.kind == "min" else -1
-            )
+        # A tile without the state had only nulls: it holds the merge's identity.
+        filler = _identity(spec.kind, dtype)
         columns[name] = np.array([filler if v is None else v for v in values], dtype)
         merge[name] = spec.kind if spec.kind in ("min", "max") else "sum"
     frame = pd.DataFrame(columns)
@@ -99,6 +97,16 @@ def _tile_arrays(
     # Several batches may have written partials of one tile: merge them.
     merged = frame.groupby(["res", "pos"], sort=True).agg(merge).reset_index()
     return merged
+
+
+def _identity(kind: str, dtype: Any) -> float:
+    """What changes nothing when merged by ``kind`` (``min``, ``max``, else a sum)."""
+    integer = np.dtype(dtype) == np.int64
+    if kind == "min":
+        return float(np.inf) if not integer else np.iinfo(np.int64).max
+    if kind == "max":
+        return float(-np.inf) if not integer else np.iinfo(np.int64).min
+    return 0
 
 
 def _runs(
@@ -228,13 +236,9 @@ def _reduce_window(
                     continue
                 if kind in ("min", "max") and "|" not in column:
                     ufunc = np.minimum if kind == "min" else np.maximum
-                    identity = values.dtype.type(
-                        (np.iinfo(np.int64).max if kind == "min" else np.iinfo(np.int64).min)
-                        if values.dtype == np.int64
-                        else (np.inf if kind == "min" else -np.inf)
-                    )
                 else:
-                    ufunc, identity = np.add, values.dtype.type(0)
+                    kind, ufunc = "sum", np.add
+                identity = values.dtype.type(_identity(kind, values.dtype))
                 padded = np.append(values, identity)
                 reduced = ufunc.reduceat(padded, indices)[0::2]
                 reduced = np.where(empty, identity, reduced)

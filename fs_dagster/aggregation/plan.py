@@ -64,11 +64,14 @@ class AggregationPlan:
         """Tile resolutions written for these windows."""
         return resolutions_for(self.window_seconds)
 
+    @cached_property
+    def _retentions(self) -> dict[int, int]:
+        lateness = int(self.feature_set.allowed_lateness.total_seconds())
+        return {r: retention_seconds(r, self.window_seconds, lateness) for r in self.resolutions}
+
     def retention(self, resolution: int) -> int:
         """Seconds tiles of ``resolution`` are kept behind the newest event."""
-        return retention_seconds(
-            resolution, self.window_seconds, int(self.feature_set.allowed_lateness.total_seconds())
-        )
+        return self._retentions[resolution]
 
     @property
     def tile_table(self) -> TileTable:
