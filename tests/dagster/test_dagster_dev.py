@@ -38,9 +38,10 @@ SENSOR = f"{STORAGE}__online_supervisor"
 SEED_EVENTS = 200
 
 
-def _seed(env: dict[str, str], events: int = SEED_EVENTS) -> None:
+def _project_python(env: dict[str, str], *args: str) -> str:
+    """Run the project's Python with ``args`` in ``env``, as a user would; its stdout."""
     result = subprocess.run(
-        [str(VENV_BIN / "python"), "-m", "jobs.generator", "--events", str(events)],
+        [str(VENV_BIN / "python"), *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -49,7 +50,12 @@ def _seed(env: dict[str, str], events: int = SEED_EVENTS) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"wrote {events} events" in result.stdout
+    return result.stdout
+
+
+def _seed(env: dict[str, str], events: int = SEED_EVENTS) -> None:
+    output = _project_python(env, "-m", "jobs.generator", "--events", str(events))
+    assert f"wrote {events} events" in output
 
 
 def _sqlite_rows(path: Path, table: str) -> int:
@@ -88,17 +94,7 @@ print(int(values["count_amount_7d"].sum()))
 
 def _spend_counted(env: dict[str, str]) -> int:
     """Events counted in the 7-day windows of the example's 50 users, by a client process."""
-    result = subprocess.run(
-        [str(VENV_BIN / "python"), "-c", SPEND_COUNT],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return int(result.stdout.strip().splitlines()[-1])
+    return int(_project_python(env, "-c", SPEND_COUNT).strip().splitlines()[-1])
 
 
 def test_dagster_dev_keeps_online_ingestion_running(
