@@ -180,20 +180,6 @@ def test_dagster_dev_keeps_online_ingestion_running(
     first = next(r for r in runs if r["runId"] == run["runId"])
     assert first["status"] in {"FAILURE", "CANCELED"}, first
     assert [run_tags(r)["dagster/run_key"] for r in second] == [f"{STORAGE}-online-2"]
-
-    # The user-spend supervisor restarts its run too. A run still launching (its Spark
-    # starting) may outlive the grace period, so stop once both runs have heartbeats.
-    def both_running() -> bool:
-        jobs = (ONLINE_JOB, "user_spend__online_ingestion")
-        return all(
-            any(
-                r["status"] == "STARTED" and "fs_dagster/heartbeat" in run_tags(r)
-                for r in dev.runs(job)
-            )
-            for job in jobs
-        )
-
-    dev.wait_until(both_running, timeout=240, what="both online runs to beat after the restart")
     # SIGINT alone stops it again. (The demo schedule, whose runs could outlive the grace
     # period, is off in tests: FS_DEMO_SCHEDULE=off.)
     members = group_members(dev.process.pid)
