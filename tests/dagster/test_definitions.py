@@ -152,19 +152,6 @@ def test_example_definitions_load(
     offline_job = repo.get_job(schedule.job_name)
     assert offline_job.asset_layer.executable_asset_keys == {OFFLINE}
 
-    # The aggregated example: its own assets, supervisor and schedule over the same source,
-    # with what it serves in its metadata.
-    spend_online = graph.get(AssetKey(["user_spend", "online"]))
-    assert SOURCE in spend_online.parent_keys
-    assert spend_online.metadata["fs_dagster/windows"] == "1m, 1h, 1d, 7d"
-    assert spend_online.metadata["fs_dagster/allowed_lateness_seconds"] == 600
-    features = spend_online.metadata["fs_dagster/features"].split(", ")
-    assert features[:4] == ["sum_amount_1m", "sum_amount_1h", "sum_amount_1d", "sum_amount_7d"]
-    assert features[-1] == "any_remote_7d" and len(features) == 20
-    assert "fs_dagster/windows" not in online.metadata  # row-level sets have none
-    spend_sensor = repo.get_sensor_def("user_spend__online_supervisor")
-    assert spend_sensor.job_name == "user_spend__online_ingestion"
-
     # The demo generator of the example project.
     assert repo.get_schedule_def("demo_events_every_minute").job_name == "demo_events"
 
