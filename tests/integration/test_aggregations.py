@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -232,16 +233,25 @@ def test_every_function_kafka_cassandra(
     df = frame(events)
     if late is not None:
         assert len(late) == reported
-        late_ids = {
-            (json.loads(p)["user_id"], json.loads(p)["item"], json.loads(p).get("amount"))
-            for p in late["payload"]
-        }
-        late_rows = df.apply(
-            lambda r: (
-                (r["user_id"], r["item"], None if pd.isna(r["amount"]) else r["amount"]) in late_ids
-            ),
-            axis=1,
+        # Match late records back to events as a multiset: (key, item, amount) can repeat,
+        # so the millisecond event time (what Spark's JSON keeps) is part of the match.
+        late_counts = Counter(
+            (r["user_id"], r["item"], r.get("amount"), pd.Timestamp(r["ts"]).value // 1_000_000)
+            for r in map(json.loads, late["payload"])
         )
+        flags = []
+        for event in events:  # the rows of df, in order
+            match = (
+                event["user_id"],
+                event["item"],
+                event["amount"],
+                pd.Timestamp(event["ts"]).value // 1_000_000,
+            )
+            is_late = late_counts[match] > 0
+            if is_late:
+                late_counts[match] -= 1
+            flags.append(is_late)
+        late_rows = pd.Series(flags, index=df.index)
         assert int(late_rows.sum()) == reported
         df = df[~late_rows]
     check_online_and_offline(spark, client, feature_set, df)
