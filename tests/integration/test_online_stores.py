@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import date
@@ -16,6 +17,9 @@ from fs_dagster.stores.online.base import (
     EVENT_MICROS_COLUMN,
     OnlineColumn,
     OnlineTable,
+    StoredTile,
+    TileTable,
+    TileWrite,
     now_micros,
 )
 
@@ -168,3 +172,65 @@ def test_composite_keys(store: OnlineStore) -> None:
     result = store.read(layout, [("u1", 2), ("u1", 1), ("u2", 1)])
     assert result["amount"].tolist()[:2] == [2.0, 1.0]
     assert pd.isna(result.iloc[2]["amount"])
+
+
+TILE_KEYS = {
+    "string": (OnlineColumn("user_id", "string"),),
+    # Keys that share every column but the last, and a float that Cassandra returns as
+    # another Python value than the one written (float32).
+    "composite-float": (OnlineColumn("region", "string"), OnlineColumn("score", "float")),
+}
+
+
+def tile_keys(kind: str) -> list[tuple[Any, ...]]:
+    if kind == "string":
+        return [(f"u{i}",) for i in range(37)]
+    return [(region, i / 10 + 0.1) for region in ("eu", "us", "apac") for i in range(13)]
+
+
+@pytest.mark.parametrize("kind", list(TILE_KEYS))
+def test_tiles_of_many_keys(store: OnlineStore, kind: str) -> None:
+    """Tiles written and read for many keys at once come back to the right key: reads and
+    writes may serve several keys per request."""
+    table = TileTable(name=f"tiles_{uuid.uuid4().hex[:10]}", keys=TILE_KEYS[kind])
+    store.ensure_tile_table(table)
+    keys = tile_keys(kind)
+    day = 86_400
+    stored: dict[tuple[tuple[Any, ...], int, int], StoredTile] = {}
+    writes: list[TileWrite] = []
+    for i, key in enumerate(keys):
+        # Key 0 has more tiles than one request carries; key 1 a state past a batch's size.
+        starts = range(40) if i == 0 else range(i % 4 + 1)
+        for n in starts:
+            for resolution in (60, 3600):
+                start = 1_772_366_400 + n * resolution
+                state = json.dumps({"sum": i * 1000 + n, "pad": "x" * (3000 if i == 1 else i)})
+                writes.append(TileWrite(key, resolution, start, 5, state, 30 * day))
+                stored[(key, resolution, start)] = StoredTile(resolution, start, 5, state)
+    assert store.write_tiles(table, writes) == len(writes)
+    # An older version of a stored tile never wins.
+    older = writes[7]
+    store.write_tiles(table, [TileWrite(older.key, older.resolution, older.start, 4, "{}", day)])
+
+    # Every key asks for other positions: some stored, some not.
+    wanted = [
+        (key, resolution, 1_772_366_400 + n * resolution)
+        for i, key in enumerate(keys)
+        for resolution in (60, 3600)
+        for n in range(i % 3, i % 3 + 3)
+    ]
+    assert store.read_tile_versions(table, wanted) == [stored.get(w) for w in wanted]
+
+    ranges = [(60, 1_772_366_400 + 60, 1_772_366_400 + 120), (3600, 1_772_366_400, 1_772_370_000)]
+    shuffled = [*keys[::-1], ("nobody",) if kind == "string" else ("eu", 99.5)]
+    per_key = store.read_tiles_for_keys(table, shuffled, ranges)
+    for key, tiles in zip(shuffled, per_key, strict=True):
+        expected = [
+            tile
+            for (k, resolution, start), tile in stored.items()
+            if k == key
+            and any(r == resolution and first <= start <= last for r, first, last in ranges)
+        ]
+        assert sorted(tiles, key=lambda t: (t.resolution, t.start)) == sorted(
+            expected, key=lambda t: (t.resolution, t.start)
+        ), key

@@ -34,6 +34,14 @@ _TILE_GC_GRACE_SECONDS = 3 * 3600
 #: Tiles of one key per read or write request: a micro-batch usually touches a few per
 #: key (one per resolution); a hot key's many stay well below the batch size warning.
 _TILES_PER_REQUEST = 16
+#: Keys (partitions) per tile request. Every request costs the driver and the coordinator
+#: far more than a row does, so tile reads and writes go for up to this many keys at a
+#: time; Cassandra warns above 10 partitions in one unlogged batch.
+_KEYS_PER_REQUEST = 10
+#: Estimated size of one tile batch, under Cassandra's 5 KiB batch size warning: the
+#: state and key values plus what a row costs beyond them (about 150 bytes measured).
+_BATCH_BYTES = 4096
+_ROW_OVERHEAD_BYTES = 160
 
 _CQL_TYPES: dict[ColumnKind, str] = {
     "string": "text",
@@ -57,6 +65,11 @@ _SESSIONS_LOCK = threading.Lock()
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _estimated_size(row: tuple[Any, ...]) -> int:
+    """Rough bytes of one tile row in a batch (its text and binary values plus overhead)."""
+    return _ROW_OVERHEAD_BYTES + sum(len(v) for v in row if isinstance(v, str | bytes))
 
 
 class CassandraOnlineStore(OnlineStore):
@@ -121,14 +134,14 @@ class CassandraOnlineStore(OnlineStore):
             from cassandra import ConsistencyLevel
             from cassandra.auth import PlainTextAuthProvider
             from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-            from cassandra.policies import RoundRobinPolicy
+            from cassandra.policies import RoundRobinPolicy, TokenAwarePolicy
 
             auth = None
             if self.username is not None:
                 secret = self.password.get() if self.password is not None else ""
                 auth = PlainTextAuthProvider(username=self.username, password=secret)
             profile = ExecutionProfile(
-                load_balancing_policy=RoundRobinPolicy(),
+                load_balancing_policy=TokenAwarePolicy(RoundRobinPolicy()),
                 consistency_level=getattr(ConsistencyLevel, self.consistency),
                 request_timeout=30,
             )
@@ -306,7 +319,8 @@ class CassandraOnlineStore(OnlineStore):
         keys: Sequence[tuple[Any, ...]],
         ranges: Sequence[tuple[int, int, int]],
     ) -> list[list[StoredTile]]:
-        """One slice query per key, all concurrently; results per key, in order.
+        """One slice query per group of keys (see :meth:`_key_groups`), all concurrently;
+        results per key, in order.
 
         The slice runs from the finest range's first tile to the coarsest range's last;
         tiles of a rung outside that rung's range are dropped here.
@@ -316,54 +330,64 @@ class CassandraOnlineStore(OnlineStore):
         ordered = sorted(ranges)
         bounds = {r: (first, last) for r, first, last in ordered}
         cql = (
-            f"SELECT resolution, tile_start, version, state FROM {self._qualified(table.name)} "
-            f"WHERE {self._key_where(table)} "
+            f"SELECT {self._key_columns(table)}, resolution, tile_start, version, state "
+            f"FROM {self._qualified(table.name)} WHERE {self._keys_where(table)} "
             "AND (resolution, tile_start) >= (?, ?) AND (resolution, tile_start) <= (?, ?)"
         )
         statement = self._prepared_for(table.name, "tiles", cql)
         low = ordered[0][:2]
         high = (ordered[-1][0], ordered[-1][2])
-        results = self._concurrently(statement, [(*key, *low, *high) for key in keys])
-        per_key: list[list[StoredTile]] = []
-        for _ok, result in results:
-            tiles: list[StoredTile] = []
-            for row in result:
-                first, last = bounds.get(row[0], (1, 0))
-                if first <= row[1] <= last:
-                    tiles.append(StoredTile(*row))
-            per_key.append(tiles)
-        return per_key
+        groups = self._key_groups(table, dict.fromkeys(tuple(k) for k in keys))
+        results = self._concurrently(
+            statement, [(*group[0][:-1], [k[-1] for k in group], *low, *high) for group in groups]
+        )
+        found: dict[tuple[Any, ...], list[StoredTile]] = {}
+        width = len(table.keys)
+        for group, (_ok, result) in zip(groups, results, strict=True):
+            for key, row in self._rows_by_key(table, group, result):
+                first, last = bounds.get(row[width], (1, 0))
+                if first <= row[width + 1] <= last:
+                    found.setdefault(key, []).append(StoredTile(*row[width:]))
+        return [found.get(tuple(key), []) for key in keys]
 
     def read_tile_versions(
         self, table: TileTable, tiles: Sequence[tuple[tuple[Any, ...], int, int]]
     ) -> list[StoredTile | None]:
-        """Stored tiles at exact positions: one query per key (and up to
-        ``_TILES_PER_REQUEST`` tiles), all concurrently."""
+        """Stored tiles at exact positions: one query per group of keys (see
+        :meth:`_key_groups`) and up to ``_TILES_PER_REQUEST`` positions, all concurrently.
+
+        A group asks for every position any of its keys needs; the extra positions cost a
+        lookup in a partition already read, and their tiles are not returned.
+        """
         cql = (
-            f"SELECT resolution, tile_start, version, state FROM {self._qualified(table.name)} "
-            f"WHERE {self._key_where(table)} AND (resolution, tile_start) IN ?"
+            f"SELECT {self._key_columns(table)}, resolution, tile_start, version, state "
+            f"FROM {self._qualified(table.name)} WHERE {self._keys_where(table)} "
+            "AND (resolution, tile_start) IN ?"
         )
         statement = self._prepared_for(table.name, "tile", cql)
-        by_key: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+        by_key: dict[tuple[Any, ...], set[tuple[int, int]]] = {}
         for key, resolution, start in tiles:
-            by_key.setdefault(tuple(key), []).append((resolution, start))
-        chunks = [
-            (key, positions[i : i + _TILES_PER_REQUEST])
-            for key, positions in by_key.items()
-            for i in range(0, len(positions), _TILES_PER_REQUEST)
-        ]
-        results = self._concurrently(statement, [(*key, chunk) for key, chunk in chunks])
+            by_key.setdefault(tuple(key), set()).add((resolution, start))
+        requests: list[tuple[list[tuple[Any, ...]], tuple[Any, ...]]] = []
+        for group in self._key_groups(table, by_key):
+            positions = sorted(set().union(*(by_key[k] for k in group)))
+            for i in range(0, len(positions), _TILES_PER_REQUEST):
+                chunk = positions[i : i + _TILES_PER_REQUEST]
+                requests.append((group, (*group[0][:-1], [k[-1] for k in group], chunk)))
+        results = self._concurrently(statement, [args for _group, args in requests])
         found: dict[tuple[tuple[Any, ...], int, int], StoredTile] = {}
-        for (key, _chunk), (_ok, result) in zip(chunks, results, strict=True):
-            for row in result:
-                found[(key, row[0], row[1])] = StoredTile(*row)
+        width = len(table.keys)
+        for (group, _args), (_ok, result) in zip(requests, results, strict=True):
+            for key, row in self._rows_by_key(table, group, result):
+                found[(key, row[width], row[width + 1])] = StoredTile(*row[width:])
         return [found.get((tuple(key), resolution, start)) for key, resolution, start in tiles]
 
     def write_tiles(self, table: TileTable, writes: Sequence[TileWrite]) -> int:
         """Write full tile states ``USING TIMESTAMP <version>``: an older one never wins.
 
-        A key's tiles share its partition, so they go as unlogged batches of up to
-        ``_TILES_PER_REQUEST`` (one mutation each), all concurrently.
+        Tiles go as unlogged batches, all concurrently. A batch holds the tiles of up to
+        ``_KEYS_PER_REQUEST`` keys that share their replicas, within ``_BATCH_BYTES``; a key
+        with more than ``_TILES_PER_REQUEST`` tiles writes them in batches of its own.
         """
         from cassandra.query import BatchStatement, BatchType
 
@@ -387,20 +411,102 @@ class CassandraOnlineStore(OnlineStore):
                     max(w.ttl_seconds, 1),
                 )
             )
-        requests: list[tuple[Any, tuple[Any, ...]]] = []
-        for rows in by_key.values():
-            for i in range(0, len(rows), _TILES_PER_REQUEST):
-                chunk = rows[i : i + _TILES_PER_REQUEST]
-                if len(chunk) == 1:
-                    requests.append((statement, chunk[0]))
+        batches: list[list[tuple[Any, ...]]] = []
+        for group in self._key_groups(table, by_key, same_prefix=False):
+            batch: list[tuple[Any, ...]] = []
+            size = 0
+            for key in group:
+                rows = by_key[key]
+                if len(rows) > _TILES_PER_REQUEST:
+                    batches.extend(
+                        rows[i : i + _TILES_PER_REQUEST]
+                        for i in range(0, len(rows), _TILES_PER_REQUEST)
+                    )
                     continue
-                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for row in chunk:
-                    batch.add(statement, row)
-                requests.append((batch, ()))
+                rows_size = sum(_estimated_size(row) for row in rows)
+                if batch and size + rows_size > _BATCH_BYTES:
+                    batches.append(batch)
+                    batch, size = [], 0
+                batch.extend(rows)
+                size += rows_size
+            if batch:
+                batches.append(batch)
+        requests: list[tuple[Any, tuple[Any, ...]]] = []
+        for rows in batches:
+            if len(rows) == 1:
+                requests.append((statement, rows[0]))
+                continue
+            unlogged = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for row in rows:
+                unlogged.add(statement, row)  # the first key routes the batch
+            requests.append((unlogged, ()))
         if requests:
             self._execute_all(requests)
         return len(writes)
+
+    def _key_columns(self, table: TileTable) -> str:
+        return ", ".join(_quote(n) for n in table.key_names)
+
+    def _keys_where(self, table: TileTable) -> str:
+        """Key restriction of a multi-key request: every key column but the last is one
+        value, the last is ``IN`` a list (so a composite key never reads a product)."""
+        *prefix, last = table.key_names
+        return " AND ".join([*(f"{_quote(n)} = ?" for n in prefix), f"{_quote(last)} IN ?"])
+
+    def _routing(self, table: TileTable) -> Any:
+        """A prepared statement whose bound routing key is a key's serialized partition key."""
+        cql = (
+            f"SELECT resolution FROM {self._qualified(table.name)} "
+            f"WHERE {self._key_where(table)} LIMIT 1"
+        )
+        return self._prepared_for(table.name, "routing", cql)
+
+    def _key_groups(
+        self,
+        table: TileTable,
+        keys: Iterable[tuple[Any, ...]],
+        *,
+        same_prefix: bool = True,
+    ) -> list[list[tuple[Any, ...]]]:
+        """Keys in groups of up to ``_KEYS_PER_REQUEST`` that have the same replicas, so
+        one request serves them all without the coordinator fanning it out further.
+
+        With ``same_prefix``, a group's keys also agree on every key column but the last
+        (what a multi-key read needs, see :meth:`_keys_where`).
+        """
+        routing = self._routing(table)
+        metadata = self._session().cluster.metadata
+        buckets: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        for key in keys:
+            replicas = metadata.get_replicas(self.keyspace, routing.bind(key).routing_key)
+            hosts = tuple(sorted(str(host.endpoint) for host in replicas))
+            buckets.setdefault((hosts, key[:-1] if same_prefix else ()), []).append(key)
+        return [
+            members[i : i + _KEYS_PER_REQUEST]
+            for members in buckets.values()
+            for i in range(0, len(members), _KEYS_PER_REQUEST)
+        ]
+
+    def _rows_by_key(
+        self, table: TileTable, group: Sequence[tuple[Any, ...]], result: Iterable[Any]
+    ) -> Iterable[tuple[tuple[Any, ...], Any]]:
+        """Each row of a multi-key read with the requested key it belongs to.
+
+        Rows are matched by serialized partition key, not by value: a ``float`` or ``date``
+        key comes back as another Python value than the one asked for.
+        """
+        routing = self._routing(table)
+        asked = {routing.bind(key).routing_key: key for key in group}
+        width = len(table.keys)
+        previous: tuple[Any, ...] | None = None
+        owner: tuple[Any, ...] | None = None
+        for row in result:
+            values = tuple(row[:width])
+            if values != previous:  # a partition's rows come together
+                previous = values
+                owner = asked.get(routing.bind(values).routing_key)
+            if owner is not None:
+                yield owner, row
 
     def progress_before(self, name: str, batch_id: int) -> int | None:
         """Newest event time recorded before ``batch_id``."""
