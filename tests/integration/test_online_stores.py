@@ -234,3 +234,25 @@ def test_tiles_of_many_keys(store: OnlineStore, kind: str) -> None:
         assert sorted(tiles, key=lambda t: (t.resolution, t.start)) == sorted(
             expected, key=lambda t: (t.resolution, t.start)
         ), key
+
+
+def test_rows_of_many_keys(store: OnlineStore) -> None:
+    """Rows written and read for many keys at once come back to the right key, floats too."""
+    layout = OnlineTable(
+        name=f"t_{uuid.uuid4().hex[:10]}",
+        keys=TILE_KEYS["composite-float"],
+        features=(OnlineColumn("amount", "double"), OnlineColumn("note", "string")),
+        timestamp_column="ts",
+    )
+    store.ensure_table(layout)
+    keys = tile_keys("composite-float")
+    rows = [
+        {"region": r, "score": s, EVENT_MICROS_COLUMN: T0 + i, "amount": float(i), "note": "n" * i}
+        for i, (r, s) in enumerate(keys)
+    ]
+    assert store.write(layout, rows) == len(rows)
+    asked = [*keys[::-1], ("eu", 99.5), ("mars", 0.1)]
+    result = store.read(layout, asked)
+    assert result["amount"].tolist()[: len(keys)] == [float(i) for i in range(len(keys))][::-1]
+    assert result["note"].tolist()[: len(keys)] == ["n" * i for i in range(len(keys))][::-1]
+    assert result["amount"].iloc[len(keys) :].isna().all()

@@ -38,10 +38,12 @@ _TILES_PER_REQUEST = 16
 #: far more than a row does, so tile reads and writes go for up to this many keys at a
 #: time; Cassandra warns above 10 partitions in one unlogged batch.
 _KEYS_PER_REQUEST = 10
-#: Estimated size of one tile batch, under Cassandra's 5 KiB batch size warning: the
-#: state and key values plus what a row costs beyond them (about 150 bytes measured).
+#: Estimated size of one batch, under Cassandra's 5 KiB batch size warning: text and
+#: binary values plus what a row and a value cost beyond them (a tile row of nine values
+#: measured about 150 bytes besides its text).
 _BATCH_BYTES = 4096
-_ROW_OVERHEAD_BYTES = 160
+_ROW_BYTES = 100
+_VALUE_BYTES = 16
 
 _CQL_TYPES: dict[ColumnKind, str] = {
     "string": "text",
@@ -68,8 +70,12 @@ def _quote(name: str) -> str:
 
 
 def _estimated_size(row: tuple[Any, ...]) -> int:
-    """Rough bytes of one tile row in a batch (its text and binary values plus overhead)."""
-    return _ROW_OVERHEAD_BYTES + sum(len(v) for v in row if isinstance(v, str | bytes))
+    """Rough bytes of one row in a batch (its text and binary values plus overhead)."""
+    return (
+        _ROW_BYTES
+        + _VALUE_BYTES * len(row)
+        + sum(len(v) for v in row if isinstance(v, str | bytes))
+    )
 
 
 class CassandraOnlineStore(OnlineStore):
@@ -237,7 +243,8 @@ class CassandraOnlineStore(OnlineStore):
         return OnlineTable.from_json(row[0]) if row else None
 
     def write(self, table: OnlineTable, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Upsert rows concurrently, each at its event time (and remaining TTL)."""
+        """Upsert rows, each at its event time (and remaining TTL), as concurrent unlogged
+        batches of keys that share their replicas (see :meth:`_batches`)."""
         names = [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
         cql = (
             f"INSERT INTO {self._table(table)} ({', '.join(_quote(n) for n in names)}) "
@@ -245,7 +252,8 @@ class CassandraOnlineStore(OnlineStore):
         )
         statement = self._statement(table, "write", cql)
         now = now_micros()
-        args: list[tuple[Any, ...]] = []
+        width = len(table.keys)
+        by_key: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         for row in rows:
             event = int(row[EVENT_MICROS_COLUMN])
             ttl = 0
@@ -254,28 +262,34 @@ class CassandraOnlineStore(OnlineStore):
                 ttl = int(table.ttl_seconds - (now - event) / 1e6)
                 if ttl <= 0:
                     continue
-            args.append((*(row.get(n) for n in names), event, ttl))
-        if not args:
+            values = (*(row.get(n) for n in names), event, ttl)
+            by_key.setdefault(values[:width], []).append(values)
+        if not by_key:
             return 0
-        self._concurrently(statement, args)
-        return len(args)
+        self._execute_all(self._batches(table, statement, by_key))
+        return sum(len(rows) for rows in by_key.values())
 
     def read_rows(
         self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]
     ) -> list[dict[str, Any] | None]:
-        """Stored rows for ``keys``, read concurrently, in order."""
+        """Stored rows for ``keys``, in order: one query per group of keys (see
+        :meth:`_key_groups`), all concurrently."""
         names = [EVENT_MICROS_COLUMN, *table.feature_names]
-        where = " AND ".join(f"{_quote(n)} = ?" for n in table.key_names)
         cql = (
-            f"SELECT {', '.join(_quote(n) for n in names)} FROM {self._table(table)} WHERE {where}"
+            f"SELECT {self._key_columns(table)}, {', '.join(_quote(n) for n in names)} "
+            f"FROM {self._table(table)} WHERE {self._keys_where(table)}"
         )
         statement = self._statement(table, "read", cql)
-        results = self._concurrently(statement, [tuple(k) for k in keys])
-        rows: list[dict[str, Any] | None] = []
-        for _success, result in results:
-            first = result.one()
-            rows.append(None if first is None else dict(zip(names, first, strict=True)))
-        return rows
+        groups = self._key_groups(table, dict.fromkeys(tuple(k) for k in keys))
+        results = self._concurrently(
+            statement, [(*group[0][:-1], [k[-1] for k in group]) for group in groups]
+        )
+        width = len(table.keys)
+        found: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for group, (_ok, result) in zip(groups, results, strict=True):
+            for key, row in self._rows_by_key(table, group, result):
+                found[key] = dict(zip(names, row[width:], strict=True))
+        return [found.get(tuple(key)) for key in keys]
 
     def ensure_tile_table(self, table: TileTable) -> None:
         """Create the keyspace, the tile table and the progress table if missing.
@@ -304,7 +318,7 @@ class CassandraOnlineStore(OnlineStore):
     def _qualified(self, name: str) -> str:
         return f"{_quote(self.keyspace)}.{_quote(name)}"
 
-    def _key_where(self, table: TileTable) -> str:
+    def _key_where(self, table: TileTable | OnlineTable) -> str:
         return " AND ".join(f"{_quote(n)} = ?" for n in table.key_names)
 
     def read_tiles(
@@ -385,12 +399,9 @@ class CassandraOnlineStore(OnlineStore):
     def write_tiles(self, table: TileTable, writes: Sequence[TileWrite]) -> int:
         """Write full tile states ``USING TIMESTAMP <version>``: an older one never wins.
 
-        Tiles go as unlogged batches, all concurrently. A batch holds the tiles of up to
-        ``_KEYS_PER_REQUEST`` keys that share their replicas, within ``_BATCH_BYTES``; a key
-        with more than ``_TILES_PER_REQUEST`` tiles writes them in batches of its own.
+        Tiles go as concurrent unlogged batches of keys that share their replicas (see
+        :meth:`_batches`).
         """
-        from cassandra.query import BatchStatement, BatchType
-
         names = [*table.key_names, "resolution", "tile_start", "version", "state"]
         cql = (
             f"INSERT INTO {self._qualified(table.name)} ({', '.join(_quote(n) for n in names)}) "
@@ -411,7 +422,25 @@ class CassandraOnlineStore(OnlineStore):
                     max(w.ttl_seconds, 1),
                 )
             )
-        batches: list[list[tuple[Any, ...]]] = []
+        if writes:
+            self._execute_all(self._batches(table, statement, by_key))
+        return len(writes)
+
+    def _batches(
+        self,
+        table: TileTable | OnlineTable,
+        statement: Any,
+        by_key: Mapping[tuple[Any, ...], Sequence[tuple[Any, ...]]],
+    ) -> list[tuple[Any, tuple[Any, ...]]]:
+        """Requests that write ``statement``'s argument rows, grouped by key.
+
+        A request is an unlogged batch of the rows of up to ``_KEYS_PER_REQUEST`` keys that
+        share their replicas, within ``_BATCH_BYTES`` (a single row goes alone); a key with
+        more than ``_TILES_PER_REQUEST`` rows writes them in batches of its own.
+        """
+        from cassandra.query import BatchStatement, BatchType
+
+        batches: list[Sequence[tuple[Any, ...]]] = []
         for group in self._key_groups(table, by_key, same_prefix=False):
             batch: list[tuple[Any, ...]] = []
             size = 0
@@ -440,30 +469,28 @@ class CassandraOnlineStore(OnlineStore):
             for row in rows:
                 unlogged.add(statement, row)  # the first key routes the batch
             requests.append((unlogged, ()))
-        if requests:
-            self._execute_all(requests)
-        return len(writes)
+        return requests
 
-    def _key_columns(self, table: TileTable) -> str:
+    def _key_columns(self, table: TileTable | OnlineTable) -> str:
         return ", ".join(_quote(n) for n in table.key_names)
 
-    def _keys_where(self, table: TileTable) -> str:
+    def _keys_where(self, table: TileTable | OnlineTable) -> str:
         """Key restriction of a multi-key request: every key column but the last is one
         value, the last is ``IN`` a list (so a composite key never reads a product)."""
         *prefix, last = table.key_names
         return " AND ".join([*(f"{_quote(n)} = ?" for n in prefix), f"{_quote(last)} IN ?"])
 
-    def _routing(self, table: TileTable) -> Any:
+    def _routing(self, table: TileTable | OnlineTable) -> Any:
         """A prepared statement whose bound routing key is a key's serialized partition key."""
         cql = (
-            f"SELECT resolution FROM {self._qualified(table.name)} "
+            f"SELECT {_quote(table.key_names[0])} FROM {self._qualified(table.name)} "
             f"WHERE {self._key_where(table)} LIMIT 1"
         )
         return self._prepared_for(table.name, "routing", cql)
 
     def _key_groups(
         self,
-        table: TileTable,
+        table: TileTable | OnlineTable,
         keys: Iterable[tuple[Any, ...]],
         *,
         same_prefix: bool = True,
@@ -488,7 +515,10 @@ class CassandraOnlineStore(OnlineStore):
         ]
 
     def _rows_by_key(
-        self, table: TileTable, group: Sequence[tuple[Any, ...]], result: Iterable[Any]
+        self,
+        table: TileTable | OnlineTable,
+        group: Sequence[tuple[Any, ...]],
+        result: Iterable[Any],
     ) -> Iterable[tuple[tuple[Any, ...], Any]]:
         """Each row of a multi-key read with the requested key it belongs to.
 
