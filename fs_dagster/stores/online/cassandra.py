@@ -281,9 +281,7 @@ class CassandraOnlineStore(OnlineStore):
         )
         statement = self._statement(table, "read", cql)
         groups = self._key_groups(table, dict.fromkeys(tuple(k) for k in keys))
-        results = self._concurrently(
-            statement, [(*group[0][:-1], [k[-1] for k in group]) for group in groups]
-        )
+        results = self._concurrently(statement, [self._keys_args(group) for group in groups])
         width = len(table.keys)
         found: dict[tuple[Any, ...], dict[str, Any]] = {}
         for group, (_ok, result) in zip(groups, results, strict=True):
@@ -353,7 +351,7 @@ class CassandraOnlineStore(OnlineStore):
         high = (ordered[-1][0], ordered[-1][2])
         groups = self._key_groups(table, dict.fromkeys(tuple(k) for k in keys))
         results = self._concurrently(
-            statement, [(*group[0][:-1], [k[-1] for k in group], *low, *high) for group in groups]
+            statement, [(*self._keys_args(group), *low, *high) for group in groups]
         )
         found: dict[tuple[Any, ...], list[StoredTile]] = {}
         width = len(table.keys)
@@ -382,12 +380,12 @@ class CassandraOnlineStore(OnlineStore):
         by_key: dict[tuple[Any, ...], set[tuple[int, int]]] = {}
         for key, resolution, start in tiles:
             by_key.setdefault(tuple(key), set()).add((resolution, start))
-        requests: list[tuple[list[tuple[Any, ...]], tuple[Any, ...]]] = []
+        requests: list[tuple[dict[bytes, tuple[Any, ...]], tuple[Any, ...]]] = []
         for group in self._key_groups(table, by_key):
-            positions = sorted(set().union(*(by_key[k] for k in group)))
+            positions = sorted(set().union(*(by_key[k] for k in group.values())))
             for i in range(0, len(positions), _TILES_PER_REQUEST):
                 chunk = positions[i : i + _TILES_PER_REQUEST]
-                requests.append((group, (*group[0][:-1], [k[-1] for k in group], chunk)))
+                requests.append((group, (*self._keys_args(group), chunk)))
         results = self._concurrently(statement, [args for _group, args in requests])
         found: dict[tuple[tuple[Any, ...], int, int], StoredTile] = {}
         width = len(table.keys)
@@ -444,7 +442,7 @@ class CassandraOnlineStore(OnlineStore):
         for group in self._key_groups(table, by_key, same_prefix=False):
             batch: list[tuple[Any, ...]] = []
             size = 0
-            for key in group:
+            for key in group.values():
                 rows = by_key[key]
                 if len(rows) > _TILES_PER_REQUEST:
                     batches.extend(
@@ -494,30 +492,39 @@ class CassandraOnlineStore(OnlineStore):
         keys: Iterable[tuple[Any, ...]],
         *,
         same_prefix: bool = True,
-    ) -> list[list[tuple[Any, ...]]]:
+    ) -> list[dict[bytes, tuple[Any, ...]]]:
         """Keys in groups of up to ``_KEYS_PER_REQUEST`` that have the same replicas, so
-        one request serves them all without the coordinator fanning it out further.
+        one request serves them all without the coordinator fanning it out further; each
+        group maps a key's serialized partition key to the key.
 
         With ``same_prefix``, a group's keys also agree on every key column but the last
-        (what a multi-key read needs, see :meth:`_keys_where`).
+        (what a multi-key read needs, see :meth:`_keys_where` and :meth:`_keys_args`).
         """
         routing = self._routing(table)
         metadata = self._session().cluster.metadata
-        buckets: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        buckets: dict[tuple[Any, ...], list[tuple[bytes, tuple[Any, ...]]]] = {}
         for key in keys:
-            replicas = metadata.get_replicas(self.keyspace, routing.bind(key).routing_key)
+            serialized = routing.bind(key).routing_key
+            replicas = metadata.get_replicas(self.keyspace, serialized)
             hosts = tuple(sorted(str(host.endpoint) for host in replicas))
-            buckets.setdefault((hosts, key[:-1] if same_prefix else ()), []).append(key)
+            bucket = (hosts, key[:-1] if same_prefix else ())
+            buckets.setdefault(bucket, []).append((serialized, key))
         return [
-            members[i : i + _KEYS_PER_REQUEST]
+            dict(members[i : i + _KEYS_PER_REQUEST])
             for members in buckets.values()
             for i in range(0, len(members), _KEYS_PER_REQUEST)
         ]
 
+    @staticmethod
+    def _keys_args(group: Mapping[bytes, tuple[Any, ...]]) -> tuple[Any, ...]:
+        """Arguments of :meth:`_keys_where` for a group from :meth:`_key_groups`."""
+        keys = list(group.values())
+        return (*keys[0][:-1], [k[-1] for k in keys])
+
     def _rows_by_key(
         self,
         table: TileTable | OnlineTable,
-        group: Sequence[tuple[Any, ...]],
+        group: Mapping[bytes, tuple[Any, ...]],
         result: Iterable[Any],
     ) -> Iterable[tuple[tuple[Any, ...], Any]]:
         """Each row of a multi-key read with the requested key it belongs to.
@@ -526,7 +533,6 @@ class CassandraOnlineStore(OnlineStore):
         key comes back as another Python value than the one asked for.
         """
         routing = self._routing(table)
-        asked = {routing.bind(key).routing_key: key for key in group}
         width = len(table.keys)
         previous: tuple[Any, ...] | None = None
         owner: tuple[Any, ...] | None = None
@@ -534,7 +540,7 @@ class CassandraOnlineStore(OnlineStore):
             values = tuple(row[:width])
             if values != previous:  # a partition's rows come together
                 previous = values
-                owner = asked.get(routing.bind(values).routing_key)
+                owner = group.get(routing.bind(values).routing_key)
             if owner is not None:
                 yield owner, row
 
