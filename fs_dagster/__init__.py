@@ -16,8 +16,9 @@ Example:
 """
 
 from fs_dagster.client import FeatureStore
-from fs_dagster.definitions import streaming
+from fs_dagster.definitions import batch, streaming
 from fs_dagster.definitions.aggregations import AggregateSpec, Aggregation
+from fs_dagster.definitions.backfill import BackfillBatchDataSourceSpec
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import (
     ClusterTemplate,
@@ -28,7 +29,13 @@ from fs_dagster.definitions.feature_set import (
 from fs_dagster.definitions.schema import Column, Schema, Type
 from fs_dagster.definitions.secrets import Secret
 from fs_dagster.definitions.sinks import KafkaSink
-from fs_dagster.definitions.sources import FileSource, KafkaSource, SaslAuth, SslAuth
+from fs_dagster.definitions.sources import (
+    BatchSource,
+    FileSource,
+    KafkaSource,
+    SaslAuth,
+    SslAuth,
+)
 from fs_dagster.definitions.transformations import (
     PandasUdf,
     SparkSqlTransformation,
@@ -44,6 +51,8 @@ from fs_dagster.stores.online import CassandraOnlineStore, OnlineStore, SqliteOn
 __all__ = [
     "AggregateSpec",
     "Aggregation",
+    "BackfillBatchDataSourceSpec",
+    "BatchSource",
     "CassandraOnlineStore",
     "ClusterTemplate",
     "Column",
@@ -69,6 +78,7 @@ __all__ = [
     "Type",
     "UdfTransformation",
     "ValidationResult",
+    "batch",
     "build_definitions",
     "create_spark_session",
     "pandas_udf",

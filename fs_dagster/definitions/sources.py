@@ -1,13 +1,19 @@
-"""Data sources a streaming feature set reads: Kafka topics and directories of files.
+"""Data sources: Kafka topics and directories of files read as streams, and batch files.
 
 Sources are plain, validated data objects. Constructing one registers it under its name
 in the default :class:`SourceRegistry`, so a feature set can name it in
 ``data_sources=["transactions"]`` as in the JFrog ML API; a source object can be passed
 too.
+
+A transformation's SQL reads each source as a temporary view named by
+:func:`~fs_dagster.definitions.names.sql_view_name` of the source name: the name itself,
+with ``-`` turned into ``_`` (``sample-streaming-source`` is read as
+``sample_streaming_source``).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,18 +21,27 @@ from types import MappingProxyType
 from typing import Literal
 
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
-from fs_dagster.definitions.names import identifier_problem
+from fs_dagster.definitions.names import (
+    identifier_problem,
+    source_name_problem,
+    view_name_collision,
+)
 from fs_dagster.definitions.secrets import Secret, SecretLike, as_secret
 
 __all__ = [
     "KAFKA_METADATA_COLUMNS",
+    "AnySource",
+    "BatchSource",
     "DataSource",
     "FileSource",
     "KafkaSource",
     "SaslAuth",
     "SourceRegistry",
     "SslAuth",
+    "check_distinct_sources",
     "default_sources",
+    "find_source",
+    "known_source_names",
 ]
 
 #: Columns a Kafka source adds next to the parsed value columns (a value column of the
@@ -35,6 +50,11 @@ KAFKA_METADATA_COLUMNS: tuple[str, ...] = ("key", "topic", "partition", "offset"
 
 KafkaValueFormat = Literal["json"]
 FileFormat = Literal["json", "csv", "parquet"]
+BatchFormat = Literal["parquet", "delta", "csv", "json"]
+_BATCH_FORMATS: tuple[str, ...] = ("parquet", "delta", "csv", "json")
+# Formats whose files do not carry their own schema.
+_SCHEMALESS_FORMATS: tuple[str, ...] = ("csv", "json")
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
@@ -98,7 +118,7 @@ KafkaAuth = SaslAuth | SslAuth
 
 
 def _check_name(name: object, kind: str) -> None:
-    problem = identifier_problem(name, "source name")
+    problem = source_name_problem(name)
     if problem:
         shown = name if isinstance(name, str) else None
         raise FeatureSetDefinitionError(shown, "name", problem, kind=kind)
@@ -128,7 +148,8 @@ class KafkaSource:
         KafkaSource(name='transactions', ...)
 
     Attributes:
-        name: the name the transformation's SQL reads the source by.
+        name: letters, digits, ``_`` and ``-``; the transformation's SQL reads the source
+            by this name with ``-`` turned into ``_``.
         bootstrap_servers: ``host:port[,host:port...]``.
         topic: one topic; or ``topics`` (several) or ``topic_pattern`` (a regex):
             exactly one of the three.
@@ -213,7 +234,8 @@ class FileSource:
     because Spark ignores hidden files and reads the others as soon as it lists them.
 
     Attributes:
-        name: the name the transformation's SQL reads the source by.
+        name: letters, digits, ``_`` and ``-``; the transformation's SQL reads the source
+            by this name with ``-`` turned into ``_``.
         path: directory (local path or ``s3a://`` URL).
         format: ``json`` (one object per line), ``csv`` (with a header) or ``parquet``.
         schema: record schema as a Spark DDL string.
@@ -243,7 +265,78 @@ class FileSource:
         default_sources.register(self)
 
 
+@dataclass(frozen=True)
+class BatchSource:
+    """Files read as a whole, for a range of event time: a backfill's or a batch set's input.
+
+    A streaming feature set cannot read a batch source; a backfill
+    (``@streaming.backfill``) and a batch feature set (``@batch.feature_set``) do, and
+    select rows by ``timestamp_column``.
+
+    Example:
+        >>> BatchSource(name="tx-history", path="s3a://lake/tx", timestamp_column="ts")
+        ... # doctest: +ELLIPSIS
+        BatchSource(name='tx-history', ...)
+
+    Attributes:
+        name: letters, digits, ``_`` and ``-``; SQL reads the source by this name with
+            ``-`` turned into ``_``.
+        path: a local path or an ``s3a://`` URL (a file or a directory; for ``delta``, the
+            table's directory).
+        timestamp_column: the event-time column that selects a time range.
+        format: ``parquet``, ``delta``, ``csv`` (with a header) or ``json`` (one object
+            per line).
+        schema: the rows' schema as a Spark DDL string; ``None`` uses the files' own
+            schema, which only ``parquet`` and ``delta`` have, so ``csv`` and ``json``
+            need one.
+        options: further Spark reader options.
+    """
+
+    name: str
+    path: str
+    timestamp_column: str
+    format: BatchFormat = "parquet"
+    schema: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kind = "batch source"
+        _check_name(self.name, kind)
+        if not isinstance(self.path, str) or not self.path.strip():
+            raise FeatureSetDefinitionError(
+                self.name, "path", "expected a local path or an s3a:// URL", kind=kind
+            )
+        scheme = _URL_SCHEME.match(self.path)
+        if scheme is not None and scheme.group(1).lower() != "s3a":
+            raise FeatureSetDefinitionError(
+                self.name,
+                "path",
+                f"'{scheme.group(1)}://' is not supported; use a local path or an s3a:// URL",
+                kind=kind,
+            )
+        problem = identifier_problem(self.timestamp_column, "timestamp column")
+        if problem:
+            raise FeatureSetDefinitionError(self.name, "timestamp_column", problem, kind=kind)
+        if self.format not in _BATCH_FORMATS:
+            raise FeatureSetDefinitionError(
+                self.name,
+                "format",
+                f"'{self.format}' is not supported; use {', '.join(_BATCH_FORMATS)}",
+                kind=kind,
+            )
+        if self.schema is not None or self.format in _SCHEMALESS_FORMATS:
+            _check_schema(self.name, self.schema, kind)
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        default_sources.register(self)
+
+
 DataSource = KafkaSource | FileSource
+"""A stream source: what a streaming feature set reads."""
+
+AnySource = KafkaSource | FileSource | BatchSource
+"""Any declared source, stream or batch."""
+
+_ANY_SOURCE = (KafkaSource, FileSource, BatchSource)
 
 
 class SourceRegistry:
@@ -251,15 +344,15 @@ class SourceRegistry:
     feature sets keep the source object they resolved when they were declared."""
 
     def __init__(self) -> None:
-        self._sources: dict[str, DataSource] = {}
+        self._sources: dict[str, AnySource] = {}
         self._lock = threading.Lock()
 
-    def register(self, source: DataSource) -> None:
+    def register(self, source: AnySource) -> None:
         """Add ``source`` under its name."""
         with self._lock:
             self._sources[source.name] = source
 
-    def get(self, name: str) -> DataSource | None:
+    def get(self, name: str) -> AnySource | None:
         """The source named ``name``, or ``None``."""
         return self._sources.get(name)
 
@@ -267,8 +360,54 @@ class SourceRegistry:
         """The registered names, sorted."""
         return sorted(self._sources)
 
-    def __iter__(self) -> Iterator[DataSource]:
+    def __iter__(self) -> Iterator[AnySource]:
         return iter(list(self._sources.values()))
 
 
 default_sources = SourceRegistry()
+
+
+def known_source_names(*, batch: bool) -> str:
+    """The declared batch (or stream) source names, for an error message."""
+    names = sorted(s.name for s in default_sources if isinstance(s, BatchSource) == batch)
+    return ", ".join(names) or "none declared yet"
+
+
+def find_source(owner: str, parameter: str, entry: object, *, batch: bool) -> AnySource:
+    """The source ``entry`` stands for: a source object, or the name of a declared one.
+
+    Args:
+        owner: the feature set whose ``parameter`` lists ``entry`` (named in errors).
+        parameter: the parameter that lists it.
+        entry: a source object or a source name.
+        batch: whether batch sources (else stream sources) are wanted; an unknown name's
+            error lists the declared sources of that kind. The caller checks the kind of
+            a source found, because what to say about a wrong kind depends on the caller.
+
+    Raises:
+        FeatureSetDefinitionError: ``entry`` is neither a source nor a declared name.
+    """
+    if isinstance(entry, _ANY_SOURCE):
+        return entry
+    source = default_sources.get(entry) if isinstance(entry, str) else None
+    if source is None:
+        what = "batch sources" if batch else "stream sources"
+        raise FeatureSetDefinitionError(
+            owner,
+            parameter,
+            f"unknown source {entry!r} (known {what}: {known_source_names(batch=batch)})",
+        )
+    return source
+
+
+def check_distinct_sources(owner: str, parameter: str, sources: Sequence[AnySource]) -> None:
+    """Raise unless one SQL query can read ``sources`` side by side.
+
+    A source may be listed once, and no two may share a SQL view name.
+    """
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise FeatureSetDefinitionError(owner, parameter, f"a source is listed twice: {names}")
+    problem = view_name_collision(names)
+    if problem:
+        raise FeatureSetDefinitionError(owner, parameter, problem)

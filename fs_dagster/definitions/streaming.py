@@ -8,24 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
 
+from fs_dagster.definitions.backfill import (
+    BackfillDeclaration,
+    BackfillSourceEntry,
+    DateLike,
+)
+from fs_dagster.definitions.decorators import Target, attach, execution_specification, metadata
+from fs_dagster.definitions.execution import ClusterTemplate
 from fs_dagster.definitions.feature_set import (
-    ClusterTemplate,
-    ExecutionSpecification,
+    STREAMING_BACKFILL_ATTRIBUTE,
     FeatureSet,
-    FeatureSetMetadata,
     build_feature_set,
-    with_execution_specification,
-    with_metadata,
+    with_backfill,
 )
 from fs_dagster.definitions.sinks import AuxiliarySink
 from fs_dagster.definitions.sources import DataSource
-from fs_dagster.definitions.transformations import Transformation
+from fs_dagster.definitions.transformations import SparkSqlTransformation, Transformation
 
-__all__ = ["execution_specification", "feature_set", "metadata"]
-
-_Target = TypeVar("_Target", bound=Callable[..., Any] | FeatureSet)
+__all__ = ["backfill", "execution_specification", "feature_set", "metadata"]
 
 
 def feature_set(
@@ -46,10 +47,12 @@ def feature_set(
     the feature set and the parameter.
 
     Args:
-        name: letters, digits and hyphens, starting with a letter, at most 40 characters;
-            defaults to the function's name with ``_`` turned into ``-``.
+        name: letters, digits, hyphens and underscores, starting with a letter, at most 40
+            characters; defaults to the function's name with ``_`` turned into ``-``.
         key: the key column, or a list of key columns.
-        data_sources: names of declared sources (or the source objects).
+        data_sources: names of declared stream sources (or the source objects); the SQL
+            reads each by its name with ``-`` turned into ``_``. A
+            :class:`~fs_dagster.BatchSource` belongs in :func:`backfill` instead.
         timestamp_column_name: the output's event-time column.
         offline_scheduling_policy: cron of the offline ingestion.
         online_trigger_interval: seconds between online micro-batches; 0 starts the next
@@ -72,6 +75,7 @@ def feature_set(
     def decorate(function: Callable[[], Transformation]) -> FeatureSet:
         return build_feature_set(
             function,
+            kind="streaming",
             name=name,
             key=key,
             data_sources=data_sources,
@@ -86,36 +90,52 @@ def feature_set(
     return decorate
 
 
-def metadata(
-    *, owner: str | None = None, description: str | None = None, display_name: str | None = None
-) -> Callable[[_Target], _Target]:
-    """Attach owner, description and display name to a feature set (shown in Dagster)."""
-    value = FeatureSetMetadata(owner=owner, description=description, display_name=display_name)
-
-    def decorate(target: _Target) -> _Target:
-        if isinstance(target, FeatureSet):
-            return with_metadata(target, value)  # type: ignore[return-value]
-        target.__fs_metadata__ = value  # type: ignore[attr-defined]
-        return target
-
-    return decorate
-
-
-def execution_specification(
+def backfill(
     *,
-    online_cluster_template: ClusterTemplate = ClusterTemplate.SMALL,
-    offline_cluster_template: ClusterTemplate = ClusterTemplate.SMALL,
-) -> Callable[[_Target], _Target]:
-    """Choose the cluster sizes of a feature set's online and offline runs."""
-    value = ExecutionSpecification(
-        online_cluster_template=online_cluster_template,
-        offline_cluster_template=offline_cluster_template,
+    start_date: DateLike,
+    end_date: DateLike,
+    data_sources: Sequence[BackfillSourceEntry],
+    backfill_transformation: SparkSqlTransformation,
+    backfill_cluster_template: ClusterTemplate | None = None,
+) -> Callable[[Target], Target]:
+    """Fill a streaming feature set's history from batch sources before its stream.
+
+    Works above or below :func:`feature_set`; either way it is checked against the
+    feature set it meets, and errors name it and the ``backfill.*`` parameter. The result
+    is ``FeatureSet.backfill`` (a :class:`~fs_dagster.definitions.backfill.BackfillSpec`).
+
+    Args:
+        start_date: first event time to backfill; midnight UTC (a naive datetime means
+            UTC, a ``date`` its midnight), because backfill partitions are days.
+        end_date: event times before this are backfilled; midnight UTC, after start_date.
+        data_sources: the batch sources read: names, :class:`~fs_dagster.BatchSource`
+            objects or :class:`~fs_dagster.BackfillBatchDataSourceSpec` with a narrower
+            range inside ``start_date``..``end_date``.
+        backfill_transformation: SQL over the batch sources (each read by its name with
+            ``-`` turned into ``_``) producing the columns the feature set's transformation
+            reads from its stream; no aggregations (they come from the feature set).
+        backfill_cluster_template: resources of the backfill run.
+
+    Example:
+        >>> @feature_set(name="user-spend", key="user_id", data_sources=["transactions"],
+        ...              timestamp_column_name="ts")
+        ... @backfill(start_date=datetime(2022, 1, 1), end_date=datetime(2023, 9, 1),
+        ...           data_sources=[BackfillBatchDataSourceSpec(
+        ...               data_source_name="tx-history", start_datetime=datetime(2023, 1, 1))],
+        ...           backfill_transformation=SparkSqlTransformation(
+        ...               "SELECT user_id, amount, ts FROM tx_history"))
+        ... def user_spend():
+        ...     return (SparkSqlTransformation("SELECT user_id, amount, ts FROM transactions")
+        ...             .aggregate(Aggregation.avg("amount")).by_windows("1 minute, 1 hour"))
+        ... # doctest: +SKIP
+    """
+    declaration = BackfillDeclaration(
+        start_date=start_date,
+        end_date=end_date,
+        data_sources=data_sources,
+        backfill_transformation=backfill_transformation,
+        backfill_cluster_template=backfill_cluster_template,
     )
-
-    def decorate(target: _Target) -> _Target:
-        if isinstance(target, FeatureSet):
-            return with_execution_specification(target, value)  # type: ignore[return-value]
-        target.__fs_execution_specification__ = value  # type: ignore[attr-defined]
-        return target
-
-    return decorate
+    return attach(
+        STREAMING_BACKFILL_ATTRIBUTE, declaration, lambda fs: with_backfill(fs, declaration)
+    )

@@ -16,6 +16,7 @@ __all__ = [
     "Transformation",
     "UdfTransformation",
     "pandas_udf",
+    "sql_transformation_problem",
 ]
 
 
@@ -78,8 +79,17 @@ class _Aggregatable:
         return replace(self, aggregations=(*self.aggregations, aggregation))  # type: ignore[type-var]
 
     def by_windows(self, *windows: str) -> Self:
-        """Compute every aggregate over each of these sliding windows (``"1m"``, ``"7 days"``)."""
-        return replace(self, windows=(*self.windows, *windows))  # type: ignore[type-var]
+        """Compute every aggregate over each of these sliding windows (``"1m"``, ``"7 days"``).
+
+        One string may list several windows separated by commas, as in the JFrog ML API:
+        ``by_windows("1 minute, 1 hour")`` is ``by_windows("1 minute", "1 hour")``.
+        """
+        listed = tuple(
+            part.strip()
+            for text in windows
+            for part in (text.split(",") if isinstance(text, str) else [text])
+        )
+        return replace(self, windows=(*self.windows, *listed))  # type: ignore[type-var]
 
     @property
     def is_aggregated(self) -> bool:
@@ -90,6 +100,9 @@ class _Aggregatable:
 @dataclass(frozen=True)
 class SparkSqlTransformation(_Aggregatable):
     """A Spark SQL query over the feature set's sources, each read by its name.
+
+    A source is read by its name with ``-`` turned into ``_``: ``FROM
+    sample_streaming_source`` reads the source named ``sample-streaming-source``.
 
     Attributes:
         sql: one ``SELECT`` statement; it must produce the key and timestamp columns.
@@ -122,3 +135,16 @@ class UdfTransformation(_Aggregatable):
 
 
 Transformation = SparkSqlTransformation | UdfTransformation
+
+
+def sql_transformation_problem(transformation: SparkSqlTransformation) -> str | None:
+    """Return why ``transformation`` cannot run, or ``None``: empty SQL, two UDFs one name.
+
+    What only Spark can tell (syntax, columns) is checked when the SQL is analysed.
+    """
+    if not isinstance(transformation.sql, str) or not transformation.sql.strip():
+        return "the SQL of SparkSqlTransformation is empty"
+    udf_names = [f.name for f in transformation.functions]
+    if len(set(udf_names)) != len(udf_names):
+        return f"two functions share a name: {udf_names}"
+    return None

@@ -25,7 +25,7 @@ from pyspark.sql.types import (
 
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
-from fs_dagster.definitions.names import identifier_problem
+from fs_dagster.definitions.names import identifier_problem, sql_view_name
 from fs_dagster.definitions.transformations import (
     PandasUdf,
     SparkSqlTransformation,
@@ -34,6 +34,7 @@ from fs_dagster.definitions.transformations import (
 from fs_dagster.engine.sources import parse_schema, source_columns
 
 __all__ = [
+    "apply_sql",
     "apply_transformation",
     "check_output_schema",
     "empty_inputs",
@@ -57,13 +58,37 @@ def apply_transformation(feature_set: FeatureSet, inputs: Mapping[str, DataFrame
 
     Args:
         feature_set: the feature set.
-        inputs: one DataFrame per source name, holding only user-visible columns.
+        inputs: one DataFrame per source name, holding only user-visible columns; SQL reads
+            each as described in :func:`apply_sql`.
     """
     transformation = feature_set.transformation
     if isinstance(transformation, UdfTransformation):
-        source_df = inputs[feature_set.source.name]
+        source_df = inputs[feature_set.sources[0].name]
         return _apply_udf(feature_set, transformation.function, source_df)
-    assert isinstance(transformation, SparkSqlTransformation)
+    return apply_sql(feature_set.name, "transformation", transformation, inputs)
+
+
+def apply_sql(
+    owner: str,
+    parameter: str,
+    transformation: SparkSqlTransformation,
+    inputs: Mapping[str, DataFrame],
+) -> DataFrame:
+    """Run a Spark SQL transformation over ``inputs`` (a feature set's, or a backfill's).
+
+    Each input is a temporary view named by
+    :func:`~fs_dagster.definitions.names.sql_view_name` of its source name, so the source
+    ``sample-streaming-source`` is read as ``sample_streaming_source``.
+
+    Args:
+        owner: the feature set the SQL belongs to (named in errors).
+        parameter: the parameter that holds the SQL (named in errors).
+        transformation: the SQL and the pandas UDFs it calls.
+        inputs: one DataFrame per source name, holding only user-visible columns.
+
+    Raises:
+        FeatureSetDefinitionError: Spark cannot analyse the SQL.
+    """
     spark = next(iter(inputs.values())).sparkSession
     with _VIEW_LOCK:
         for function in transformation.functions:
@@ -72,13 +97,13 @@ def apply_transformation(feature_set: FeatureSet, inputs: Mapping[str, DataFrame
                 spark_pandas_udf(function.function, _udf_return_type(function)),  # type: ignore[call-overload]
             )
         for name, df in inputs.items():
-            df.createOrReplaceTempView(name)
+            df.createOrReplaceTempView(sql_view_name(name))
         try:
             return spark.sql(transformation.sql)
         except Exception as exc:
             # Analysis errors (unknown column, bad syntax) are the user's to fix.
             raise FeatureSetDefinitionError(
-                feature_set.name, "transformation", f"Spark cannot run the SQL: {_first_line(exc)}"
+                owner, parameter, f"Spark cannot run the SQL: {_first_line(exc)}"
             ) from None
 
 

@@ -66,8 +66,9 @@ def test_name_defaults_to_function_name() -> None:
     ("name", "fragment"),
     [
         ("1user", "starting with a letter"),
-        ("user_spend", "letters, digits and hyphens"),
-        ("user spend", "letters, digits and hyphens"),
+        ("user spend", "letters, digits, hyphens and underscores"),
+        ("user.spend", "letters, digits, hyphens and underscores"),
+        ("-user", "starting with a letter"),
         ("a" * 41, "at most 40"),
         ("", "non-empty name"),
     ],
@@ -171,7 +172,7 @@ def test_kafka_source_rejects_unknown_format_and_bad_name() -> None:
             value_format="avro",  # type: ignore[arg-type]
         )
     with pytest.raises(fs.FeatureSetDefinitionError, match="parameter 'name'"):
-        fs.KafkaSource(name="tx-1", bootstrap_servers="b:9092", topic="t", schema=SCHEMA)
+        fs.KafkaSource(name="tx.1", bootstrap_servers="b:9092", topic="t", schema=SCHEMA)
 
 
 def test_duplicate_feature_set_names() -> None:
