@@ -17,6 +17,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.engine.pipeline import BatchReport
 from fs_dagster.planning.plan import StoragePlan
 from fs_dagster.stores.online.base import OnlineStore, OnlineTable
 
@@ -199,6 +200,83 @@ class FeatureStore:
             features = spark.read.format("delta").load(self.plan(feature_set).features_path)
             result = point_in_time_join(feature_set, pop, features, point_in_time_column)
         return result if output == "spark" else result.toPandas()
+
+    def ingest(
+        self,
+        feature_set_or_name: FeatureSet | str,
+        *,
+        pipelines: Sequence[Literal["online", "offline"]] = ("online", "offline"),
+        until: Literal["caught_up"] = "caught_up",
+    ) -> list[BatchReport]:
+        """Run ingestion of ``feature_set`` until its source is caught up, then stop.
+
+        What a notebook or a test wants: everything the source holds now lands in the
+        stores, exactly as the Dagster runs would write it (same checkpoints, so a later
+        run goes on from here). ``online`` fills the online store, ``offline`` the offline
+        tables (rows, and tile partials of aggregated sets).
+
+        Returns:
+            The report of every micro-batch, online ones first.
+
+        Example:
+            >>> store.ingest("user-spend")  # doctest: +SKIP
+        """
+        from fs_dagster.engine.pipeline import start_ingestion
+
+        if until != "caught_up":
+            raise ValueError(f"until={until!r}: only 'caught_up' is supported")
+        feature_set = self.feature_set(feature_set_or_name)
+        reports: list[BatchReport] = []
+        for pipeline in pipelines:
+            store = self.online_store if pipeline == "online" else None
+            ingestion = start_ingestion(
+                self.spark, feature_set, self.plan(feature_set), pipeline, online_store=store
+            )
+            try:
+                if pipeline == "online":
+                    ingestion.query.processAllAvailable()
+                else:
+                    ingestion.query.awaitTermination()
+                error = ingestion.query.exception()
+                if error is not None:
+                    raise RuntimeError(
+                        f"{pipeline} ingestion of '{feature_set.name}' failed: {error}"
+                    )
+            finally:
+                ingestion.stop()
+            reports += ingestion.reports
+        return reports
+
+    def backfill(
+        self,
+        feature_set_or_name: FeatureSet | str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        online: bool = True,
+    ) -> BatchReport:
+        """Compute ``feature_set`` over ``[start, end)`` from its batch sources, as one run.
+
+        The range defaults to the whole backfill. Its offline rows and tiles are
+        replaced (running it again changes nothing) and, with ``online``, the online
+        store is seeded. See :func:`fs_dagster.engine.backfill.run_range`.
+        """
+        from fs_dagster.engine.backfill import run_range
+
+        feature_set = self.feature_set(feature_set_or_name)
+        spec = feature_set.backfill
+        first = start if start is not None else spec.start if spec is not None else None
+        last = end if end is not None else spec.end if spec is not None else None
+        if first is None or last is None:
+            raise ValueError(f"'{feature_set.name}': give the start and end of the range")
+        return run_range(
+            self.spark,
+            feature_set,
+            self.plan(feature_set),
+            first,
+            last,
+            online_store=self.online_store if online else None,
+        )
 
     def late_events(self, feature_set_or_name: FeatureSet | str) -> pd.DataFrame:
         """Events that arrived after the watermark, with the reason (aggregated sets)."""

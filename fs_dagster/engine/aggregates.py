@@ -1,20 +1,16 @@
-"""Windowed aggregation in Spark: tile partials, late events, tile upserts, reads.
+"""Windowed aggregation in Spark: tile partials, tile upserts, reads.
 
-Per micro-batch of the online ingestion query:
-
-1. the watermark is the newest event time recorded by earlier batches minus
-   ``allowed_lateness`` (kept in the online store per batch id, so a replayed batch sees
-   the same watermark); events older than it go to the late-events table with a reason;
-2. Spark computes, in one shuffle for all resolutions, one partial state per (key,
-   resolution, tile) from the on-time events;
-3. each partial is merged into the stored tile and the full state is written back with
-   the batch id as its version. A tile whose stored version is already this batch's was
-   written before a crash and is left alone, so a replayed batch counts every event once;
-   an older write never replaces a newer version (Cassandra ``USING TIMESTAMP``). A tile
-   that starts after the newest event time of the earlier batches can hold nothing but
-   this batch's events, so it is written without being read first;
-4. the same partials are appended to the offline tile table (Delta, idempotent per batch),
-   from which point-in-time reads merge tiles exactly like online reads.
+- :func:`tile_partials` computes, in one shuffle for all resolutions, one partial state
+  per (key, resolution, tile) from a batch's rows; every trigger uses it (see
+  :mod:`fs_dagster.engine.writers` for who writes them where).
+- :func:`apply_partials` merges partials into the stored online tiles and writes full
+  states with the batch id as version. A tile whose stored version is already this
+  batch's was written before a crash and is left alone, so a replayed batch counts every
+  event once; an older write never replaces a newer version (Cassandra ``USING
+  TIMESTAMP``). A tile that starts after the newest event time of the earlier batches
+  can hold nothing but this batch's events, so it is written without being read first.
+- :func:`read_aggregates` (online) and :func:`point_in_time_aggregates` (offline, from
+  the Delta tile partials) pick and merge tiles with the same window code.
 """
 
 from __future__ import annotations
@@ -291,7 +287,9 @@ def apply_partials(
     plan: AggregationPlan,
     rows: Iterable[Mapping[str, Any]],
     version: int,
+    *,
     fresh_after: int | None = None,
+    overwrite_at: int | None = None,
 ) -> int:
     """Merge encoded partial rows (see :func:`encode_partials`) into the stored tiles and
     write full states at ``version``.
@@ -300,17 +298,28 @@ def apply_partials(
     ``fresh_after`` is the newest event time (micros) of the batches before this one: a
     tile starting after it holds no earlier event, so its partial is its full state and it
     is written without reading it first (a replay writes the same state again).
+
+    ``overwrite_at`` (seconds, the current time) is for partials that are whole tiles
+    already (a backfilled range): every tile is written without reading, except those
+    whose retention has passed at that time, which no window can read any more.
     """
     keys = list(plan.feature_set.key)
     pending: list[tuple[tuple[Any, ...], int, int, str]] = []
     written = 0
     for row in rows:
-        pending.append((tuple(row[k] for k in keys), int(row[_RES]), int(row[_TILE]), row["state"]))
+        resolution, start = int(row[_RES]), int(row[_TILE])
+        if overwrite_at is not None and start + plan.retention(resolution) < overwrite_at:
+            continue
+        pending.append((tuple(row[k] for k in keys), resolution, start, row["state"]))
         if len(pending) >= 2000:
-            written += _flush(store, plan, pending, version, fresh_after)
+            written += _flush(
+                store, plan, pending, version, fresh_after=fresh_after, overwrite_at=overwrite_at
+            )
             pending = []
     if pending:
-        written += _flush(store, plan, pending, version, fresh_after)
+        written += _flush(
+            store, plan, pending, version, fresh_after=fresh_after, overwrite_at=overwrite_at
+        )
     return written
 
 
@@ -319,13 +328,17 @@ def _flush(
     plan: AggregationPlan,
     pending: list[tuple[tuple[Any, ...], int, int, str]],
     version: int,
+    *,
     fresh_after: int | None,
+    overwrite_at: int | None,
 ) -> int:
     table = plan.tile_table
     writes: list[TileWrite] = []
     merge: list[tuple[tuple[Any, ...], int, int, str]] = []
     for key, resolution, start, state in pending:
-        if fresh_after is not None and start * 1_000_000 > fresh_after:
+        if overwrite_at is not None or (
+            fresh_after is not None and start * 1_000_000 > fresh_after
+        ):
             writes.append(
                 TileWrite(key, resolution, start, version, state, plan.retention(resolution))
             )

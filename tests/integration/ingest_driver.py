@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.crash_after_batch is not None:
-        original = pipeline._BatchWriter.__call__
+        original = pipeline._MicroBatch.__call__
         crash_at = args.crash_after_batch
 
         def crashing(self: Any, batch: Any, batch_id: int) -> None:
@@ -59,7 +59,7 @@ def main() -> None:
                 print(f"crashing after batch {batch_id}", flush=True)
                 os._exit(137)
 
-        pipeline._BatchWriter.__call__ = crashing  # type: ignore[method-assign]
+        pipeline._MicroBatch.__call__ = crashing  # type: ignore[method-assign]
 
     jars = subprocess.run(
         [str(ROOT / "scripts/services.sh"), "spark-jars"],

@@ -185,7 +185,8 @@ def ingest_online(
     feature_set: fs.FeatureSet,
     client: fs.FeatureStore,
 ) -> IngestionQuery:
-    """Run online ingestion into ``client``'s online store until it has caught up."""
+    """Run online ingestion into ``client``'s online store until it has caught up, then
+    the offline run (which alone writes the offline tables); returns the online run."""
     ingestion = start_ingestion(
         spark, feature_set, client.plan(feature_set), "online", online_store=client.online_store
     )
@@ -193,6 +194,7 @@ def ingest_online(
         ingestion.query.processAllAvailable()
     finally:
         ingestion.stop()
+    client.ingest(feature_set, pipelines=["offline"])
     return ingestion
 
 

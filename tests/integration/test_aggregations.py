@@ -121,8 +121,15 @@ def read_times(df: pd.DataFrame, seed: int) -> list[int]:
 
 
 def check_online_and_offline(
-    spark: SparkSession, client: fs.FeatureStore, feature_set: fs.FeatureSet, df: pd.DataFrame
+    spark: SparkSession,
+    client: fs.FeatureStore,
+    feature_set: fs.FeatureSet,
+    df: pd.DataFrame,
+    offline_df: pd.DataFrame | None = None,
 ) -> None:
+    """Online values against ``df``; offline ones against ``offline_df`` (every event the
+    offline run read, late ones included), by default the same events."""
+    offline_df = df if offline_df is None else offline_df
     keys = sorted(df["user_id"].unique())
     times = read_times(df, seed=5)
     for at in times:
@@ -144,7 +151,7 @@ def check_online_and_offline(
         assert_matches(
             feature_set,
             record,
-            oracle(feature_set, df, record["user_id"], at),
+            oracle(feature_set, offline_df, record["user_id"], at),
             f"offline {record['user_id']}@{record['timestamp']}",
         )
 
@@ -230,7 +237,7 @@ def test_every_function_kafka_cassandra(
         client.late_events(feature_set) if any(r.late_events for r in ingestion.reports) else None
     )
     reported = sum(r.late_events for r in ingestion.reports)
-    df = frame(events)
+    df = everything = frame(events)
     if late is not None:
         assert len(late) == reported
         # Match late records back to events as a multiset: (key, item, amount) can repeat,
@@ -254,4 +261,4 @@ def test_every_function_kafka_cassandra(
         late_rows = pd.Series(flags, index=df.index)
         assert int(late_rows.sum()) == reported
         df = df[~late_rows]
-    check_online_and_offline(spark, client, feature_set, df)
+    check_online_and_offline(spark, client, feature_set, df, everything)

@@ -1,0 +1,443 @@
+"""One writer per destination; a trigger picks its writers when its run starts.
+
+Each writer takes the :class:`~fs_dagster.engine.computation.Computed` result of a batch
+and the batch's :class:`~fs_dagster.engine.computation.BatchContext`, writes its one
+destination idempotently and says what it did in an :class:`Outcome`:
+
+| writer | destination |
+| --- | --- |
+| :class:`DeadLetters` | the dead-letter table: unparsed records, rows without key or time |
+| :class:`SetAside` | the late-events table: rows outside the range the trigger owns |
+| :class:`OnlineRows` | the online store: the latest row per key, by event time |
+| :class:`OnlineTiles` | the online tiles: watermark split, merge into stored tiles, late events |
+| :class:`SeedOnlineTiles` | the online tiles of a backfilled range, written whole |
+| :class:`OfflineRows` | the offline feature table (Delta) |
+| :class:`OfflineTiles` | the offline tile partials (Delta), every event counted |
+| :class:`KafkaSinkWriter` | an auxiliary Kafka topic |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import reduce
+from typing import Any, Protocol
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F  # noqa: N812
+
+from fs_dagster.aggregation.plan import AggregationPlan
+from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.definitions.sinks import KafkaSink
+from fs_dagster.engine.aggregates import apply_partials, encode_partials, tile_partials
+from fs_dagster.engine.computation import BatchContext, Computed, EventRange, event_micros
+from fs_dagster.engine.delta import AppendOnce, ReplaceRange, WriteMode, write_delta
+from fs_dagster.engine.sources import (
+    ERROR_COLUMN,
+    PAYLOAD_COLUMN,
+    POSITION_COLUMN,
+    kafka_client_options,
+)
+from fs_dagster.planning.plan import EVENT_DATE_COLUMN, StoragePlan
+from fs_dagster.stores.online.base import (
+    EVENT_MICROS_COLUMN,
+    ColumnKind,
+    OnlineStore,
+    OnlineTable,
+    now_micros,
+)
+
+__all__ = [
+    "DeadLetters",
+    "KafkaSinkWriter",
+    "OfflineRows",
+    "OfflineTiles",
+    "OnlineRows",
+    "OnlineTiles",
+    "Outcome",
+    "SeedOnlineTiles",
+    "SetAside",
+    "Writer",
+    "delta_mode",
+]
+
+_TILE_START = "__fs_tile_start"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one writer did with one batch."""
+
+    rows_written: int = 0
+    tiles_written: int = 0
+    late_events: int = 0
+    set_aside: int = 0
+    dead_letters: int = 0
+    watermark: int | None = None
+
+
+class Writer(Protocol):
+    """Writes one destination from a computed batch."""
+
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        """Write this writer's destination; idempotent for a repeated ``ctx``."""
+        ...
+
+
+def delta_mode(
+    ctx: BatchContext, destination: str, predicate: Callable[[EventRange], str]
+) -> WriteMode:
+    """Streams append once per batch; ranged runs replace their range of the table."""
+    if ctx.replace is not None:
+        return ReplaceRange(predicate(ctx.replace))
+    return AppendOnce(f"{ctx.app_id}-{destination}", ctx.txn_version)
+
+
+def _time_predicate(feature_set: FeatureSet) -> Callable[[EventRange], str]:
+    column = f"unix_micros(CAST(`{feature_set.timestamp_column}` AS TIMESTAMP))"
+
+    def predicate(owned: EventRange) -> str:
+        return _range_sql(column, owned.start, owned.end)
+
+    return predicate
+
+
+def _range_sql(column: str, start: int | None, end: int | None) -> str:
+    parts = []
+    if start is not None:
+        parts.append(f"{column} >= {start}")
+    if end is not None:
+        parts.append(f"{column} < {end}")
+    return " AND ".join(parts) or "true"
+
+
+def _key_json(feature_set: FeatureSet) -> Any:
+    return F.to_json(F.struct(*[F.col(k) for k in feature_set.key]))
+
+
+class DeadLetters:
+    """Records that did not parse, and output rows without a key or event time."""
+
+    def __init__(self, feature_set: FeatureSet, plan: StoragePlan) -> None:
+        self.feature_set = feature_set
+        self.plan = plan
+
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        count = computed.malformed + computed.invalid
+        if not count:
+            return Outcome()
+        fs = self.feature_set
+        parsed_bad = [
+            rows.where(F.col(ERROR_COLUMN).isNotNull()).select(
+                F.lit(name).alias("source"),
+                F.col(PAYLOAD_COLUMN).alias("payload"),
+                F.col(POSITION_COLUMN).alias("position"),
+                F.col(ERROR_COLUMN).alias("reason"),
+            )
+            for name, rows in computed.sources.items()
+        ]
+        invalid = computed.invalid_output
+        missing = F.lit(None).cast("string")
+        for column in reversed([*fs.key, fs.timestamp_column]):
+            missing = F.when(
+                F.col(column).isNull(), F.lit(f"transformation output has no value for '{column}'")
+            ).otherwise(missing)
+        output_bad = invalid.select(
+            F.lit(", ".join(computed.sources)).alias("source"),
+            F.to_json(F.struct(*[F.col(c) for c in invalid.columns])).alias("payload"),
+            F.lit("transformation output").alias("position"),
+            missing.alias("reason"),
+        )
+        dead = reduce(DataFrame.unionByName, [*parsed_bad, output_bad]).select(
+            F.lit(fs.name).alias("feature_set"),
+            F.lit(ctx.trigger).alias("pipeline"),
+            "source",
+            "position",
+            "payload",
+            "reason",
+            F.lit(ctx.version).cast("long").alias("batch_id"),
+            F.current_timestamp().alias("recorded_at"),
+        )
+        # Dead letters have no event time to replace by: ranged runs append once per range.
+        mode = AppendOnce(f"{ctx.app_id}-dead-letter", ctx.txn_version)
+        write_delta(dead, self.plan.dead_letter_path, mode, merge_schema=True)
+        return Outcome(dead_letters=count)
+
+
+def write_late_events(
+    feature_set: FeatureSet,
+    plan: StoragePlan,
+    late: DataFrame,
+    ctx: BatchContext,
+    *,
+    reason: str,
+    watermark: int | None,
+    destination: str,
+) -> None:
+    """Append rows set aside with their key, event time, reason and payload."""
+    fs = feature_set
+    records = late.select(
+        F.lit(fs.name).alias("feature_set"),
+        _key_json(fs).alias("key"),
+        F.col(fs.timestamp_column).cast("timestamp").alias("event_time"),
+        (
+            F.timestamp_micros(F.lit(watermark))
+            if watermark is not None
+            else F.lit(None).cast("timestamp")
+        ).alias("watermark"),
+        F.lit(reason).alias("reason"),
+        F.to_json(F.struct(*[F.col(c) for c in late.columns])).alias("payload"),
+        F.lit(ctx.version).cast("long").alias("batch_id"),
+        F.current_timestamp().alias("recorded_at"),
+        F.lit(ctx.trigger).alias("pipeline"),
+    )
+    mode = AppendOnce(f"{ctx.app_id}-{destination}", ctx.txn_version)
+    write_delta(records, plan.late_events_path, mode, merge_schema=True)
+
+
+class SetAside:
+    """Rows outside the event-time range the trigger owns, kept visibly aside."""
+
+    def __init__(self, feature_set: FeatureSet, plan: StoragePlan) -> None:
+        self.feature_set = feature_set
+        self.plan = plan
+
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        if not computed.outside_count:
+            return Outcome()
+        write_late_events(
+            self.feature_set,
+            self.plan,
+            computed.outside,
+            ctx,
+            reason=computed.range.reason,
+            watermark=None,
+            destination="set-aside",
+        )
+        return Outcome(set_aside=computed.outside_count)
+
+
+def encode_column(column: str, kind: ColumnKind) -> Any:
+    """A column as online stores take it (timestamps in micros, nested values as JSON)."""
+    col = F.col(column)
+    if kind == "timestamp":
+        return F.unix_micros(col.cast("timestamp")).alias(column)
+    if kind == "json":
+        return F.to_json(col).alias(column)
+    if kind == "decimal":
+        return col.cast("string").alias(column)
+    return col.alias(column)
+
+
+class OnlineRows:
+    """The latest row per key into the online store (an older event never wins)."""
+
+    def __init__(self, feature_set: FeatureSet, store: OnlineStore, table: OnlineTable) -> None:
+        self.feature_set = feature_set
+        self.store = store
+        self.table = table
+
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        if not computed.row_count:
+            return Outcome()
+        fs = self.feature_set
+        table = self.table
+        store = self.store
+        ordered = Window.partitionBy(*[F.col(k) for k in fs.key]).orderBy(
+            F.col(EVENT_MICROS_COLUMN).desc()
+        )
+        latest = (
+            computed.rows.withColumn(EVENT_MICROS_COLUMN, event_micros(fs))
+            .withColumn("__fs_rank", F.row_number().over(ordered))
+            .where(F.col("__fs_rank") == 1)
+            .select(
+                *[encode_column(c.name, c.kind) for c in table.keys],
+                F.col(EVENT_MICROS_COLUMN),
+                *[encode_column(c.name, c.kind) for c in table.features],
+            )
+        )
+        # The count rides along with the write job instead of costing a job of its own.
+        written = latest.sparkSession.sparkContext.accumulator(0)
+
+        def write_partition(rows: Any) -> None:
+            written.add(store.write(table, (row.asDict() for row in rows)))
+
+        latest.foreachPartition(write_partition)
+        return Outcome(rows_written=int(written.value))
+
+
+class OnlineTiles:
+    """Tiles of the online stream: watermark split, merge, versioned whole-tile writes.
+
+    The watermark of a batch is the newest event time recorded by earlier batches (kept
+    per batch id in the store, so a replay sees the same one) minus the lateness; older
+    events go to the late-events table and change no tile.
+    """
+
+    def __init__(
+        self,
+        feature_set: FeatureSet,
+        plan: StoragePlan,
+        store: OnlineStore,
+        aggregation: AggregationPlan,
+    ) -> None:
+        self.feature_set = feature_set
+        self.plan = plan
+        self.store = store
+        self.aggregation = aggregation
+
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        fs = self.feature_set
+        plan = self.aggregation
+        store = self.store
+        batch_id = ctx.version
+        progress = plan.tile_table.name
+        previous = store.progress_before(progress, batch_id)
+        lateness = int(fs.allowed_lateness.total_seconds() * 1_000_000)
+        watermark = previous - lateness if previous is not None else None
+        late_count = tiles = 0
+        if computed.row_count:
+            on_time = computed.rows
+            if watermark is not None:
+                micros = event_micros(fs)
+                on_time = computed.rows.where(micros >= F.lit(watermark))
+                late = computed.rows.where(micros < F.lit(watermark)).persist()
+                try:
+                    late_count = late.count()
+                    if late_count:
+                        newest = datetime.fromtimestamp((previous or 0) / 1e6, UTC).isoformat()
+                        write_late_events(
+                            fs,
+                            self.plan,
+                            late,
+                            ctx,
+                            reason=(
+                                f"event time is older than the watermark: newest event time "
+                                f"seen {newest} minus allowed_lateness {fs.allowed_lateness}"
+                            ),
+                            watermark=watermark,
+                            destination="late",
+                        )
+                finally:
+                    late.unpersist()
+            encoded = encode_partials(tile_partials(on_time, plan), plan)
+            written = encoded.sparkSession.sparkContext.accumulator(0)
+
+            def write_partition(rows: Any) -> None:
+                partials = (row.asDict() for row in rows)
+                written.add(apply_partials(store, plan, partials, batch_id, fresh_after=previous))
+
+            encoded.foreachPartition(write_partition)
+            tiles = int(written.value)
+        candidates = [v for v in (previous, computed.max_event_micros) if v is not None]
+        if candidates:
+            store.record_progress(progress, batch_id, max(candidates))
+        return Outcome(
+            rows_written=tiles, tiles_written=tiles, late_events=late_count, watermark=watermark
+        )
+
+
+class SeedOnlineTiles:
+    """The online tiles of a backfilled range, written whole at the run's version.
+
+    The range's tiles belong to the backfill alone (the streams set earlier events
+    aside), so they are written without reading; tiles no window can read any more at
+    the current time are skipped.
+    """
+
+    def __init__(self, store: OnlineStore, aggregation: AggregationPlan) -> None:
+        self.store = store
+        self.aggregation = aggregation
+
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        if not computed.row_count:
+            return Outcome()
+        plan = self.aggregation
+        store = self.store
+        version = ctx.version
+        now_seconds = now_micros() // 1_000_000
+        encoded = encode_partials(tile_partials(computed.rows, plan), plan)
+        written = encoded.sparkSession.sparkContext.accumulator(0)
+
+        def write_partition(rows: Any) -> None:
+            partials = (row.asDict() for row in rows)
+            written.add(apply_partials(store, plan, partials, version, overwrite_at=now_seconds))
+
+        encoded.foreachPartition(write_partition)
+        count = int(written.value)
+        return Outcome(rows_written=count, tiles_written=count)
+
+
+class OfflineRows:
+    """Every feature row into the offline Delta table, partitioned by event date."""
+
+    def __init__(self, feature_set: FeatureSet, plan: StoragePlan) -> None:
+        self.feature_set = feature_set
+        self.plan = plan
+        self.predicate = _time_predicate(feature_set)
+
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        if not computed.row_count and ctx.replace is None:
+            return Outcome()
+        fs = self.feature_set
+        out = computed.rows.withColumn(EVENT_DATE_COLUMN, F.to_date(F.col(fs.timestamp_column)))
+        write_delta(
+            out,
+            self.plan.features_path,
+            delta_mode(ctx, "features", self.predicate),
+            partition_by=[EVENT_DATE_COLUMN],
+            merge_schema=True,
+        )
+        return Outcome(rows_written=computed.row_count)
+
+
+class OfflineTiles:
+    """Tile partials of every event into the offline tile table (Delta).
+
+    Offline point-in-time reads merge these partials, so they never need the online run;
+    late events count here (the watermark is the online store's concern).
+    """
+
+    def __init__(self, plan: StoragePlan, aggregation: AggregationPlan) -> None:
+        self.plan = plan
+        self.aggregation = aggregation
+
+    @staticmethod
+    def _predicate(owned: EventRange) -> str:
+        # Ranges are aligned to whole days, so a range's tiles start inside it.
+        start = owned.start // 1_000_000 if owned.start is not None else None
+        end = owned.end // 1_000_000 if owned.end is not None else None
+        return _range_sql(_TILE_START, start, end)
+
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        if not computed.row_count and ctx.replace is None:
+            return Outcome()
+        partials = encode_partials(tile_partials(computed.rows, self.aggregation), self.aggregation)
+        partials = partials.withColumn("batch_id", F.lit(ctx.version).cast("long"))
+        write_delta(partials, self.plan.tiles_path, delta_mode(ctx, "tiles", self._predicate))
+        return Outcome()
+
+
+class KafkaSinkWriter:
+    """Feature rows to an auxiliary Kafka topic (at least once)."""
+
+    def __init__(self, feature_set: FeatureSet, sink: KafkaSink) -> None:
+        self.feature_set = feature_set
+        self.sink = sink
+
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        if not computed.row_count:
+            return Outcome()
+        rows = computed.rows
+        records = rows.select(
+            _key_json(self.feature_set).alias("key"),
+            F.to_json(F.struct(*[F.col(c) for c in rows.columns])).alias("value"),
+        )
+        writer = records.write.format("kafka").option("topic", self.sink.topic)
+        for key, value in kafka_client_options(self.sink.bootstrap_servers, self.sink.auth).items():
+            writer = writer.option(key, value)
+        for key, value in self.sink.options.items():
+            writer = writer.option(key, value)
+        writer.save()
+        return Outcome()
