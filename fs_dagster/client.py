@@ -189,10 +189,13 @@ class FeatureStore:
             else spark.createDataFrame(_to_spark_precision(population))
         )
         if feature_set.is_aggregated:
-            from fs_dagster.engine.aggregates import point_in_time_aggregates
+            from fs_dagster.engine.aggregates import aggregation_plan, point_in_time_aggregates
+            from fs_dagster.engine.backfill import feature_schema
             from fs_dagster.engine.encoding import spark_type
 
-            plan = self._aggregation_plan(feature_set)
+            # From the definition and Spark: offline reads never need the online store.
+            schema = feature_schema(spark, feature_set)
+            plan = aggregation_plan(feature_set, schema)
             tiles = spark.read.format("delta").load(self.plan(feature_set).tiles_path)
             types = {c: spark_type(k) for c, k in plan.column_kinds.items()}
             result = point_in_time_aggregates(plan, pop, tiles, point_in_time_column, types)

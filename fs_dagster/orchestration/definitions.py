@@ -14,7 +14,7 @@ from dagster_pyspark import LazyPySparkResource
 
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
-from fs_dagster.definitions.sources import DataSource, KafkaSource
+from fs_dagster.definitions.sources import BatchSource, DataSource, KafkaSource
 from fs_dagster.orchestration.naming import (
     metadata_key,
     online_asset_key,
@@ -27,6 +27,11 @@ from fs_dagster.orchestration.offline import (
     owners,
 )
 from fs_dagster.orchestration.online import build_online_job, build_supervisor_sensor
+from fs_dagster.orchestration.ranged import (
+    build_backfill_asset,
+    build_batch_asset,
+    build_batch_schedule,
+)
 from fs_dagster.orchestration.resources import FeatureStoreResource
 
 __all__ = ["build_definitions", "check_unique_names"]
@@ -51,11 +56,14 @@ def check_unique_names(feature_sets: Sequence[FeatureSet]) -> None:
         seen[feature_set.storage_name] = feature_set.name
 
 
-def _source_spec(source: DataSource) -> AssetSpec:
+def _source_spec(source: DataSource | BatchSource) -> AssetSpec:
     if isinstance(source, KafkaSource):
         _, topics = source.subscription
         description = f"Kafka {source.subscription[0]} {topics} on {source.bootstrap_servers}"
         kinds = {"kafka"}
+    elif isinstance(source, BatchSource):
+        description = f"{source.format} table at {source.path} (batch)"
+        kinds = {source.format}
     else:
         description = f"{source.format} files in {source.path}"
         kinds = {"file"}
@@ -64,7 +72,7 @@ def _source_spec(source: DataSource) -> AssetSpec:
         description=description,
         kinds=kinds,
         group_name="sources",
-        metadata={metadata_key("schema"): source.schema},
+        metadata={metadata_key("schema"): source.schema or "as stored"},
     )
 
 
@@ -83,6 +91,14 @@ def _online_spec(feature_set: FeatureSet, store_kind: str) -> AssetSpec:
     )
 
 
+def _sources(feature_set: FeatureSet) -> list[DataSource | BatchSource]:
+    """Every source a feature set reads: its stream or batch sources, and its backfill's."""
+    found: list[DataSource | BatchSource] = [*feature_set.data_sources, *feature_set.batch_sources]
+    if feature_set.backfill is not None:
+        found += [r.source for r in feature_set.backfill.sources]
+    return found
+
+
 def build_definitions(
     *,
     feature_sets: Sequence[FeatureSet],
@@ -94,10 +110,12 @@ def build_definitions(
 ) -> Definitions:
     """Dagster definitions for ``feature_sets``.
 
-    Per feature set: an offline asset materialized on its cron schedule, an external
-    asset for its online table, a job that runs online ingestion until stopped and a
-    sensor that keeps one such run going; source topics and directories become external
-    assets upstream.
+    Per streaming feature set: an offline asset materialized on its cron schedule, an
+    external asset for its online table, a job that runs online ingestion until stopped
+    and a sensor that keeps one such run going, and with a backfill a daily-partitioned
+    backfill asset. Per batch feature set: an offline asset partitioned on its cron and
+    the schedule that materializes each closed partition. Source topics, directories
+    and batch tables become external assets upstream.
 
     Args:
         feature_sets: the feature sets (names must be unique).
@@ -128,10 +146,16 @@ def build_definitions(
         DefaultScheduleStatus.RUNNING if start_automatically else DefaultScheduleStatus.STOPPED
     )
     for feature_set in feature_sets:
-        for source in feature_set.data_sources:
+        for source in _sources(feature_set):
             sources.setdefault(source.name, _source_spec(source))
+        if feature_set.kind == "batch":
+            assets.append(build_batch_asset(feature_set))
+            schedules.append(build_batch_schedule(feature_set, schedule_status))
+            continue
         assets.append(build_offline_asset(feature_set))
         assets.append(_online_spec(feature_set, feature_store.online_store_kind))
+        if feature_set.backfill is not None:
+            assets.append(build_backfill_asset(feature_set))
         online_job = build_online_job(feature_set)
         jobs.append(online_job)
         sensors.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import AssetKey
 
 from fs_dagster.definitions.feature_set import FeatureSet
-from fs_dagster.definitions.sources import DataSource
+from fs_dagster.definitions.sources import AnySource
 
 __all__ = [
     "FEATURE_SET_TAG",
@@ -31,7 +31,7 @@ def metadata_key(name: str) -> str:
     return f"{NAMESPACE}/{name}"
 
 
-def source_asset_key(source: DataSource) -> AssetKey:
+def source_asset_key(source: AnySource) -> AssetKey:
     """The external asset standing for a source topic or directory."""
     return AssetKey(["sources", source.name])
 
