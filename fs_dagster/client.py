@@ -106,7 +106,11 @@ class FeatureStore:
             keys: one key value, a list of them (single-column keys), a dict or list of
                 dicts of key columns, or a pandas DataFrame with the key columns.
             at: for aggregated feature sets, the read time windows end at (default now;
-                a naive datetime is UTC).
+                a naive datetime is UTC). Online tiles answer read times back to the
+                retention of the finest tiles a read needs (minutes for second tiles);
+                an older ``at`` raises ``ValueError`` rather than return values with
+                tiles missing. Row-level feature sets keep only the latest vector per key,
+                so ``at`` is refused there; ``get_offline_features`` serves any time.
 
         Returns:
             Row-level feature sets: key columns, the event time of the vector, then the
@@ -121,6 +125,12 @@ class FeatureStore:
 
             plan = self._aggregation_plan(feature_set)
             return read_aggregates(self.online_store, plan, key_tuples, _micros(at))
+        if at is not None:
+            raise ValueError(
+                f"'{feature_set.name}' is row-level: its online store keeps only the latest "
+                "vector per key, so at= cannot be honoured; use get_offline_features with a "
+                "population at that time for a past vector"
+            )
         return self.online_store.read(self._layout(feature_set), key_tuples)
 
     def _aggregation_plan(self, feature_set: FeatureSet) -> Any:

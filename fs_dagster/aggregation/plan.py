@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from fs_dagster.aggregation.states import StateSpec, state_specs
-from fs_dagster.aggregation.tiles import resolutions_for, retention_seconds
+from fs_dagster.aggregation.tiles import read_ranges, resolutions_for, retention_seconds
 from fs_dagster.definitions.aggregations import AggregateSpec, Window
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.stores.online.base import ColumnKind, OnlineColumn, TileTable
@@ -72,6 +72,23 @@ class AggregationPlan:
     def retention(self, resolution: int) -> int:
         """Seconds tiles of ``resolution`` are kept behind the newest event."""
         return self._retentions[resolution]
+
+    def expired_rung(
+        self, at_micros: int, now_seconds: int, written_since: int | None
+    ) -> int | None:
+        """A resolution whose tiles a read at ``at_micros`` needs but may have lost, or None.
+
+        Tiles expire ``retention(r)`` seconds after their last write, and a tile is never
+        written before its start (events are not ingested before they happen) nor before
+        ``written_since`` (when its table was created, if known). So a read is complete
+        when, for each resolution, its first needed tile cannot have expired yet.
+        """
+        _, ranges = read_ranges(self.window_seconds, at_micros, self.resolutions)
+        for needed in ranges:
+            written = max(needed.first, written_since or needed.first)
+            if written + self.retention(needed.resolution) <= now_seconds:
+                return needed.resolution
+        return None
 
     @property
     def tile_table(self) -> TileTable:

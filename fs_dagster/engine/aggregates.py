@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ from fs_dagster.stores.online.base import (
     OnlineStore,
     OnlineTable,
     TileWrite,
+    now_micros,
 )
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "apply_partials",
     "check_aggregations",
     "point_in_time_aggregates",
+    "prepare_online_tiles",
     "read_aggregates",
     "tile_partials",
 ]
@@ -194,6 +197,13 @@ def tile_partials(on_time: DataFrame, plan: AggregationPlan) -> DataFrame:
                 f"__p_{column}", F.min(F.col(f"__v_{column}").cast("double")).over(by_tile)
             )
     return tiled.groupBy(*group).agg(*_partial_aggregates(plan))
+
+
+def prepare_online_tiles(store: OnlineStore, plan: AggregationPlan) -> None:
+    """Create the tile table, record its layout for Spark-free readers and its creation."""
+    store.ensure_tile_table(plan.tile_table)
+    store.record_layout(aggregation_layout(plan))
+    store.mark_tiles_created(plan.tile_table)
 
 
 def aggregation_layout(plan: AggregationPlan) -> OnlineTable:
@@ -420,7 +430,24 @@ class _WindowReader:
 def read_aggregates(
     store: OnlineStore, plan: AggregationPlan, keys: Sequence[tuple[Any, ...]], at_micros: int
 ) -> pd.DataFrame:
-    """Online window values for ``keys`` at ``at_micros``: one row per key, in order."""
+    """Online window values for ``keys`` at ``at_micros``: one row per key, in order.
+
+    Raises:
+        ValueError: some tiles the read needs may have expired (``at_micros`` too far
+            back); offline point-in-time reads serve any time.
+    """
+    now_seconds = now_micros() // 1_000_000
+    created = store.tiles_created_at(plan.tile_table)
+    rung = plan.expired_rung(
+        at_micros, now_seconds, created // 1_000_000 if created is not None else None
+    )
+    if rung is not None:
+        at = datetime.fromtimestamp(at_micros / 1e6, UTC).isoformat()
+        raise ValueError(
+            f"'{plan.feature_set.name}': online tiles cannot answer a read at {at}: its "
+            f"{rung} s tiles are kept {plan.retention(rung)} s after they are written and "
+            "may be gone; read times that recent, or use get_offline_features for any time"
+        )
     _, ranges = read_ranges(plan.window_seconds, at_micros, plan.resolutions)
     spans = [(r.resolution, r.first, r.last) for r in ranges]
     fs = plan.feature_set

@@ -32,7 +32,7 @@ from fs_dagster.definitions.backfill import BackfillSpec
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sources import BatchSource
-from fs_dagster.engine.aggregates import aggregation_layout, aggregation_plan
+from fs_dagster.engine.aggregates import aggregation_plan, prepare_online_tiles
 from fs_dagster.engine.computation import BatchContext, EventRange, compute, to_micros
 from fs_dagster.engine.pipeline import BatchReport, online_table, report
 from fs_dagster.engine.sources import (
@@ -206,8 +206,7 @@ def _range_writers(
         writers.append(OfflineTiles(plan, aggregation))
     if online_store is not None:
         if aggregation is not None:
-            online_store.ensure_tile_table(aggregation.tile_table)
-            online_store.record_layout(aggregation_layout(aggregation))
+            prepare_online_tiles(online_store, aggregation)
             writers.append(SeedOnlineTiles(online_store, aggregation))
         else:
             table = online_table(feature_set, schema)

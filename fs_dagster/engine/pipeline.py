@@ -36,7 +36,7 @@ from pyspark.sql.types import StructType
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
-from fs_dagster.engine.aggregates import aggregation_layout, aggregation_plan
+from fs_dagster.engine.aggregates import aggregation_plan, prepare_online_tiles
 from fs_dagster.engine.computation import (
     BatchContext,
     Computed,
@@ -312,8 +312,7 @@ def start_ingestion(
         if online_store is None:
             raise ValueError("online ingestion needs an online store")
         if aggregation is not None:
-            online_store.ensure_tile_table(aggregation.tile_table)
-            online_store.record_layout(aggregation_layout(aggregation))
+            prepare_online_tiles(online_store, aggregation)
         else:
             online_store.ensure_table(online_table(feature_set, schema))
     required = [*feature_set.key, feature_set.timestamp_column]

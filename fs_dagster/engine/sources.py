@@ -4,7 +4,8 @@ Every source becomes a DataFrame with the same shape: the parsed value columns, 
 Kafka the metadata columns, and three internal columns:
 
 - ``__fs_payload``: the raw record as text (kept for the dead-letter table);
-- ``__fs_position``: where it came from (``topic/partition/offset`` or the file path);
+- ``__fs_position``: where it came from (``topic/partition/offset``, ``path:line`` for
+  JSON-lines files, the file path for other files);
 - ``__fs_error``: why the record is unusable, or null for a good record.
 
 A record is unusable when it is not valid JSON (or CSV), when a value does not fit the
@@ -224,13 +225,21 @@ def _read_json_files(
     for key, value in source.options.items():
         reader = reader.option(key, value)
     _ensure_local_directory(source.path)
-    lines: DataFrame = reader.format("text").load(source.path)
-    payload = F.col("value")
-    parsed = lines.select(
+    # Whole files, split here, so that a record's position names its line: a file source
+    # is for local work and small drops, and a file is read by one task either way.
+    files: DataFrame = reader.format("text").option("wholetext", "true").load(source.path)
+    numbered = files.select(
+        F.col("_metadata.file_path").alias("__fs_file"),
+        F.posexplode(F.split(F.col("value"), "\r?\n")).alias("__fs_line", "__fs_text"),
+    ).where(F.trim(F.col("__fs_text")) != "")
+    payload = F.col("__fs_text")
+    parsed = numbered.select(
         payload.alias(PAYLOAD_COLUMN),
-        F.col("_metadata.file_path").alias(POSITION_COLUMN),
+        F.concat_ws(":", F.col("__fs_file"), (F.col("__fs_line") + 1).cast("string")).alias(
+            POSITION_COLUMN
+        ),
         _from_json(payload, value_schema).alias(_PARSED_COLUMN),
-    ).where(F.trim(F.col(PAYLOAD_COLUMN)) != "")
+    )
     return parsed.select(
         *[F.col(f"{_PARSED_COLUMN}.{name}").alias(name) for name in value_schema.fieldNames()],
         PAYLOAD_COLUMN,

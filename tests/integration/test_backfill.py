@@ -49,6 +49,31 @@ def _frame(events: list[dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
+def _check_offline(
+    client: fs.FeatureStore,
+    feature_set: fs.FeatureSet,
+    truth: pd.DataFrame,
+    times: list[int],
+    where: str,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Offline point-in-time values of every key at ``times`` against the oracle."""
+    population = pd.DataFrame(
+        [(k, pd.Timestamp(t, unit="us")) for k in KEYS for t in times],
+        columns=["user_id", "timestamp"],
+    )
+    offline = client.get_offline_features(population, feature_set)
+    assert len(offline) == len(population)
+    for record in offline.to_dict("records"):
+        moment = int(pd.Timestamp(record["timestamp"]).value // 1000)
+        assert_matches(
+            feature_set,
+            record,
+            oracle(feature_set, truth, record["user_id"], moment),
+            f"{where}: {record['user_id']}@{record['timestamp']}",
+        )
+    return population, offline
+
+
 def _write_parquet(spark: SparkSession, events: list[dict[str, Any]], path: Path) -> None:
     # The history table names its columns its own way; the backfill SQL renames them.
     frame = pd.DataFrame(
@@ -142,20 +167,7 @@ def test_backfilled_week_then_stream_serves_oracle_values(
 
     times = [at, int(end.timestamp() * 1e6), int((end - timedelta(days=2)).timestamp() * 1e6)]
     times += [int(m) for m in truth["micros"].sample(6, random_state=3)]
-    population = pd.DataFrame(
-        [(k, pd.Timestamp(t, unit="us")) for k in KEYS for t in times],
-        columns=["user_id", "timestamp"],
-    )
-    offline = client.get_offline_features(population, spend)
-    assert len(offline) == len(population)
-    for record in offline.to_dict("records"):
-        moment = int(pd.Timestamp(record["timestamp"]).value // 1000)
-        assert_matches(
-            spend,
-            record,
-            oracle(spend, truth, record["user_id"], moment),
-            f"offline {record['user_id']}@{record['timestamp']}",
-        )
+    population, offline = _check_offline(client, spend, truth, times, "after backfill + stream")
 
     # Re-running one partition replaces exactly its day: same rows, same values.
     tiles_before = spark.read.format("delta").load(client.plan(spend).tiles_path).count()
@@ -207,20 +219,7 @@ def test_offline_aggregates_without_the_online_run(spark: SparkSession, tmp_path
     truth = _frame(events)
     times = [int(m) for m in truth["micros"].sample(10, random_state=1)]
     times.append(int(base.timestamp() * 1e6))
-    population = pd.DataFrame(
-        [(k, pd.Timestamp(t, unit="us")) for k in KEYS for t in times],
-        columns=["user_id", "timestamp"],
-    )
-    offline = client.get_offline_features(population, feature_set)
-    assert len(offline) == len(population)
-    for record in offline.to_dict("records"):
-        moment = int(pd.Timestamp(record["timestamp"]).value // 1000)
-        assert_matches(
-            feature_set,
-            record,
-            oracle(feature_set, truth, record["user_id"], moment),
-            f"offline-only {record['user_id']}@{record['timestamp']}",
-        )
+    _check_offline(client, feature_set, truth, times, "offline run only")
 
 
 def test_batch_feature_set_partition_matches_its_source(

@@ -96,7 +96,12 @@ def test_file_source_to_sqlite_and_local_delta(spark: SparkSession, tmp_path: Pa
         ]
     )
     assert set(offline_dead["payload"]) == set(malformed)
-    assert all(p.endswith(".json") for p in offline_dead["position"])
+    # A file's dead letter names the file and the line: lines 61-62 of the first file,
+    # 61-62 of the second.
+    by_payload = dict(zip(offline_dead["payload"], offline_dead["position"], strict=True))
+    for line, record in zip((61, 62, 61, 62), malformed, strict=True):
+        path, _, number = by_payload[record].rpartition(":")
+        assert path.endswith(".json") and int(number) == line, by_payload[record]
 
 
 def test_late_older_event_does_not_replace_newer_value(spark: SparkSession, tmp_path: Path) -> None:

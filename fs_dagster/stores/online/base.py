@@ -30,6 +30,9 @@ __all__ = [
     "now_micros",
 ]
 
+#: The progress-log name under which a tile table's creation time is kept.
+_CREATED_SUFFIX = "#created"
+
 #: Event time of the stored vector, in microseconds; compared on every upsert.
 EVENT_MICROS_COLUMN = "__fs_event_micros"
 
@@ -273,6 +276,16 @@ class OnlineStore(ABC):
     @abstractmethod
     def record_progress(self, name: str, batch_id: int, max_event_micros: int) -> None:
         """Record the newest event time seen up to and including ``batch_id``."""
+
+    def mark_tiles_created(self, table: TileTable) -> None:
+        """Record when ``table`` was first written (once; see :meth:`tiles_created_at`)."""
+        name = f"{table.name}{_CREATED_SUFFIX}"
+        if self.progress_before(name, 1) is None:
+            self.record_progress(name, 0, now_micros())
+
+    def tiles_created_at(self, table: TileTable) -> int | None:
+        """When ``table`` was first written (micros), if recorded: no tile is older."""
+        return self.progress_before(f"{table.name}{_CREATED_SUFFIX}", 1)
 
     def close(self) -> None:  # noqa: B027 - optional for stores without connections
         """Release connections held by this process."""
