@@ -56,6 +56,7 @@ from fs_dagster.engine.writers import (
     SeedOnlineTiles,
     SetAside,
     Writer,
+    row_json,
 )
 from fs_dagster.planning.plan import StoragePlan
 from fs_dagster.stores.online.base import OnlineStore, now_micros
@@ -115,7 +116,7 @@ def read_batch_source(
     columns = df.columns
     return df.where((micros >= F.lit(to_micros(start))) & (micros < F.lit(to_micros(end)))).select(
         *[F.col(c) for c in columns],
-        F.to_json(F.struct(*[F.col(c) for c in columns])).alias(PAYLOAD_COLUMN),
+        row_json(df).alias(PAYLOAD_COLUMN),
         F.col("_metadata.file_path").alias(POSITION_COLUMN),
         F.lit(None).cast("string").alias(ERROR_COLUMN),
     )
@@ -181,7 +182,7 @@ def _inputs(
     return {
         feature_set.source.name: rows.select(
             *[F.col(c) for c in rows.columns],
-            F.to_json(F.struct(*[F.col(c) for c in rows.columns])).alias(PAYLOAD_COLUMN),
+            row_json(rows).alias(PAYLOAD_COLUMN),
             F.lit("backfill transformation").alias(POSITION_COLUMN),
             F.lit(None).cast("string").alias(ERROR_COLUMN),
         )

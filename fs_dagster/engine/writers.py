@@ -112,6 +112,15 @@ def _range_sql(column: str, start: int | None, end: int | None) -> str:
     return " AND ".join(parts) or "true"
 
 
+#: JSON of a row keeps timestamps to the microsecond, as Spark holds them.
+_JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
+
+
+def row_json(df: DataFrame) -> Any:
+    """Every column of ``df`` as one JSON object (the payload of a row set aside)."""
+    return F.to_json(F.struct(*[F.col(c) for c in df.columns]), _JSON_OPTIONS)
+
+
 def _key_json(feature_set: FeatureSet) -> Any:
     return F.to_json(F.struct(*[F.col(k) for k in feature_set.key]))
 
@@ -145,7 +154,7 @@ class DeadLetters:
             ).otherwise(missing)
         output_bad = invalid.select(
             F.lit(", ".join(computed.sources)).alias("source"),
-            F.to_json(F.struct(*[F.col(c) for c in invalid.columns])).alias("payload"),
+            row_json(invalid).alias("payload"),
             F.lit("transformation output").alias("position"),
             missing.alias("reason"),
         )
@@ -187,7 +196,7 @@ def write_late_events(
             else F.lit(None).cast("timestamp")
         ).alias("watermark"),
         F.lit(reason).alias("reason"),
-        F.to_json(F.struct(*[F.col(c) for c in late.columns])).alias("payload"),
+        row_json(late).alias("payload"),
         F.lit(ctx.version).cast("long").alias("batch_id"),
         F.current_timestamp().alias("recorded_at"),
         F.lit(ctx.trigger).alias("pipeline"),

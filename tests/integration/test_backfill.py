@@ -269,3 +269,44 @@ def test_batch_feature_set_partition_matches_its_source(
     online = client.get_online_features(orders, sorted(latest)).set_index("user_id")
     for key, event in latest.items():
         assert online.loc[key, "amount"] == event["amount"]
+
+
+def test_backfill_output_must_feed_the_streaming_transformation(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Checked when the run starts, naming the feature set and parameter; nothing written."""
+    suffix = uuid.uuid4().hex[:6]
+    end = datetime(2026, 3, 1, tzinfo=UTC)
+    batch = fs.BatchSource(
+        name=f"thin_{suffix}", path=str(tmp_path / "thin"), timestamp_column="event_time"
+    )
+    _write_parquet(
+        spark, _events(random.Random(1), 20, end - timedelta(days=1), end), Path(batch.path)
+    )
+    stream = fs.FileSource(name=f"s_{suffix}", path=str(tmp_path / "in"), schema=SCHEMA)
+
+    @fs.streaming.feature_set(
+        name=f"thin_fs_{suffix}", key="user_id", data_sources=[stream], timestamp_column_name="ts"
+    )
+    @fs.streaming.backfill(
+        start_date=end - timedelta(days=1),
+        end_date=end,
+        data_sources=[batch.name],
+        backfill_transformation=fs.SparkSqlTransformation(
+            f"SELECT customer AS user_id, event_time AS ts FROM {batch.name}"  # no amount
+        ),
+    )
+    def thin() -> fs.SparkSqlTransformation:
+        return fs.SparkSqlTransformation(f"SELECT user_id, amount, ts FROM {stream.name}")
+
+    client = fs.FeatureStore(
+        online_store=fs.SqliteOnlineStore(tmp_path / "online.db"),
+        offline_root=str(tmp_path / "offline"),
+        feature_sets=[thin],
+        spark=spark,
+    )
+    with pytest.raises(fs.FeatureSetDefinitionError) as error:
+        client.backfill(thin)
+    assert thin.name in str(error.value)
+    assert "backfill.backfill_transformation" in str(error.value)
+    assert not (tmp_path / "offline").exists()
