@@ -154,6 +154,7 @@ def report(
         batch_id=batch_id,
         rows_in=computed.rows_in,
         rows_valid=computed.row_count + computed.outside_count,
+        # Offline rows, online rows (keys) or online tiles: the largest destination's.
         rows_written=max((o.rows_written for o in outcomes), default=0),
         dead_letters=sum(o.dead_letters for o in outcomes),
         max_event_time=max_event,

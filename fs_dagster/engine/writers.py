@@ -374,8 +374,7 @@ class SeedOnlineTiles:
             written.add(apply_partials(store, plan, partials, version, overwrite_at=now_seconds))
 
         encoded.foreachPartition(write_partition)
-        count = int(written.value)
-        return Outcome(rows_written=count, tiles_written=count)
+        return Outcome(tiles_written=int(written.value))
 
 
 class OfflineRows:

@@ -63,12 +63,12 @@ def _range_metadata(report: BatchReport, start: datetime, end: datetime) -> dict
         metadata_key("range_start"): start.isoformat(),
         metadata_key("range_end"): end.isoformat(),
         metadata_key("rows_in"): report.rows_in,
-        metadata_key("rows_written"): report.rows_valid - report.set_aside,
-        metadata_key("online_rows_or_tiles_written"): report.rows_written,
+        metadata_key("rows_written"): report.rows_written,
+        metadata_key("online_tiles_written"): report.tiles_written,
         metadata_key("dead_letters"): report.dead_letters,
         metadata_key("set_aside"): report.set_aside,
         metadata_key("duration_seconds"): report.duration_seconds,
-        "dagster/row_count": report.rows_valid - report.set_aside,
+        "dagster/row_count": report.rows_written,
     }
 
 
