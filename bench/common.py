@@ -1,11 +1,12 @@
-"""What both benchmarks share: Kafka topics, Cassandra sessions, fs-dagster queries,
-service checks, results files and text tables."""
+"""What the benchmarks share: Kafka topics, Cassandra sessions, fs-dagster queries,
+service checks, results files, text tables and the peak memory of the process tree."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import socket
 import subprocess
 import threading
@@ -213,3 +214,93 @@ def drop_keyspace(host: str, port: int, keyspace: str) -> None:
         log.warning("could not drop keyspace %s: %s", keyspace, exc)
     finally:
         session.cluster.shutdown()
+
+
+def process_tree_rss(root: int | None = None) -> int:
+    """Resident bytes of process ``root`` (default: this one) and all its descendants.
+
+    Spark's JVM is a child of the driver and its Python workers children of the JVM, so
+    this counts all three. Pages shared between processes (forked Python workers) count
+    once per process, as ``psutil``'s ``rss`` would: an upper bound. Linux only: it reads
+    ``/proc`` because psutil is not one of the project's dependencies.
+    """
+    root = os.getpid() if root is None else root
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        # The command name (in parentheses) may contain spaces; the parent id follows it.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        pending.extend(children.get(pid, ()))
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        except OSError:
+            continue
+    return total
+
+
+class PeakMemory:
+    """Samples :func:`process_tree_rss` in a daemon thread and keeps the peak.
+
+    ``reset()`` starts a new span; ``peak_bytes`` is the largest sample since then and
+    ``overall_peak_bytes`` the largest since ``start()``.
+
+    Example:
+        >>> with PeakMemory() as memory:  # doctest: +SKIP
+        ...     memory.reset(); run(); print(memory.peak_bytes)
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.peak_bytes = 0
+        self.overall_peak_bytes = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> int:
+        """Take one sample now, update the peaks and return it."""
+        current = process_tree_rss()
+        with self._lock:
+            self.peak_bytes = max(self.peak_bytes, current)
+            self.overall_peak_bytes = max(self.overall_peak_bytes, current)
+        return current
+
+    def reset(self) -> None:
+        """Start a new span: the peak becomes the current size."""
+        current = process_tree_rss()
+        with self._lock:
+            self.peak_bytes = current
+            self.overall_peak_bytes = max(self.overall_peak_bytes, current)
+
+    def start(self) -> PeakMemory:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="bench-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> PeakMemory:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
