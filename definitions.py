@@ -1,4 +1,9 @@
-"""Dagster entry point of the example project: ``dagster dev -m definitions``."""
+"""Dagster entry point of the example project: ``dagster dev -m definitions``.
+
+The feature sets are in ``jobs/`` (``user-transactions`` and the backfilled
+``user-spend``), the resources in ``resources/``; here they become Dagster definitions,
+beside a schedule of demo events.
+"""
 
 from dagster import (
     DefaultScheduleStatus,
@@ -27,6 +32,13 @@ def demo_events() -> None:
     generate_demo_events()
 
 
+# The supervisors replace an online run whose heartbeat is older than this (counted from
+# the run's start until its first beat). A killed run is reported at once; the heartbeat
+# is for a hung one. Two online runs and a backfill starting Spark together on a small
+# machine can take over the default 2 minutes to beat first, and replacing a run that is
+# still starting only adds another JVM to the queue.
+HEARTBEAT_TIMEOUT_SECONDS = 300.0
+
 feature_store, pyspark = project_resources()
 demo_schedule_status = (
     DefaultScheduleStatus.RUNNING
@@ -35,7 +47,12 @@ demo_schedule_status = (
 )
 
 defs = Definitions.merge(
-    build_definitions(feature_sets=FEATURE_SETS, feature_store=feature_store, pyspark=pyspark),
+    build_definitions(
+        feature_sets=FEATURE_SETS,
+        feature_store=feature_store,
+        pyspark=pyspark,
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS,
+    ),
     Definitions(
         jobs=[demo_events],
         schedules=[

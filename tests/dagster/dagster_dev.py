@@ -22,6 +22,8 @@ from typing import Any
 
 import requests
 
+from fs_dagster.orchestration.naming import HEARTBEAT_TAG
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 
@@ -192,28 +194,29 @@ def group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
 
 
-def stop_group(process: subprocess.Popen[Any], grace: float) -> bool:
+def stop_group(process: subprocess.Popen[Any], grace: float) -> list[str]:
     """SIGINT the process group, then SIGKILL whatever of it is left after ``grace``.
 
-    Returns whether everything stopped on SIGINT alone.
+    Returns what was left for SIGKILL (``pid command`` lines): empty when everything
+    stopped on SIGINT alone.
     """
     pgid = process.pid  # the leader of its own session and group (start_new_session)
     try:
         os.killpg(pgid, signal.SIGINT)
     except ProcessLookupError:
-        return True
+        return []
     deadline = time.monotonic() + grace
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
     # Run workers and Spark JVMs share the group: wait for them too.
     while group_alive(pgid) and time.monotonic() < deadline + 10:
         time.sleep(0.5)
-    graceful = not group_alive(pgid)
-    if not graceful:
+    left = group_members(pgid)
+    if left:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
     process.wait(timeout=30)
-    return graceful
+    return left
 
 
 def tail(path: Path, lines: int = 80) -> str:
@@ -325,6 +328,88 @@ class DagsterDev:
         run: dict[str, Any] = result["results"][0]
         return run
 
+    def unfinished_runs(self) -> list[dict[str, Any]]:
+        """Every run not finished yet (queued, starting, started or canceling)."""
+        result = self.graphql(RUNS, filter={"statuses": UNFINISHED})["runsOrError"]
+        assert result["__typename"] == "Runs", result
+        runs: list[dict[str, Any]] = result["results"]
+        return runs
+
+    def wait_until_settled(self, online_jobs: Iterable[str], timeout: float) -> list[str]:
+        """Wait until the only runs in progress are one beating run of each online job.
+
+        A run that is still queued or launching (its Spark starting) may not stop within
+        a SIGINT's grace period, so a test stops ``dagster dev`` only once settled.
+        Returns the online runs' ids.
+        """
+        jobs = set(online_jobs)
+        settled: list[str] = []
+
+        def check() -> bool:
+            nonlocal settled
+            runs = self.unfinished_runs()
+            beating = [
+                r
+                for r in runs
+                if r["jobName"] in jobs
+                and r["status"] == "STARTED"
+                and HEARTBEAT_TAG in run_tags(r)
+            ]
+            settled = [r["runId"] for r in beating]
+            return len(runs) == len(beating) and {r["jobName"] for r in beating} == jobs
+
+        what = f"only beating runs of {sorted(jobs)}, one each, in progress"
+        self.wait_until(check, timeout=timeout, what=what)
+        assert len(settled) == len(jobs), settled
+        return settled
+
+    def stop_schedule(self, repository: dict[str, str], name: str) -> None:
+        """Turn a schedule off, as the UI's toggle does (stored in the instance)."""
+        selector = {**repository, "scheduleName": name}
+        schedule = self.graphql(SCHEDULE_ID, selector=selector)["scheduleOrError"]
+        assert schedule["__typename"] == "Schedule", schedule
+        stopped = self.graphql(STOP_SCHEDULE, id=schedule["id"])["stopRunningSchedule"]
+        assert stopped["__typename"] == "ScheduleStateResult", stopped
+        assert stopped["scheduleState"]["status"] == "STOPPED", stopped
+
+    def asset_node(self, asset_key: list[str]) -> dict[str, Any]:
+        """An asset's partition keys and backfill policy."""
+        node: dict[str, Any] = self.graphql(ASSET_NODE, key={"path": asset_key})["assetNodeOrError"]
+        assert node["__typename"] == "AssetNode", node
+        return node
+
+    def launch_backfill(self, asset_key: list[str], partitions: list[str]) -> str:
+        """Backfill ``partitions`` of an asset, as the UI's "Launch backfill" does."""
+        params = {"assetSelection": [{"path": asset_key}], "partitionNames": partitions}
+        launched = self.graphql(LAUNCH_BACKFILL, params=params)["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id: str = launched["backfillId"]
+        return backfill_id
+
+    def backfill(self, backfill_id: str) -> dict[str, Any]:
+        """A backfill's status and runs."""
+        found: dict[str, Any] = self.graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
+        assert found["__typename"] == "PartitionBackfill", found
+        return found
+
+    def launch_partition_run(
+        self, repository: dict[str, str], asset_key: list[str], partition: str
+    ) -> str:
+        """Materialize one partition of an asset, as the UI's "Materialize" does; the run id."""
+        params = {
+            "mode": "default",
+            "selector": {
+                **repository,
+                "pipelineName": ASSET_JOB,
+                "assetSelection": [{"path": asset_key}],
+            },
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+        }
+        launched = self.graphql(LAUNCH_RUN, params=params)["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id: str = launched["run"]["runId"]
+        return run_id
+
     def run_worker_pid(self, run_id: str) -> int:
         """The pid of the run's worker process, as the run's event log records it."""
         logs = self.graphql(RUN_EVENTS, runId=run_id)["logsForRun"]
@@ -339,6 +424,15 @@ class DagsterDev:
 def run_tags(run: dict[str, Any]) -> dict[str, str]:
     """A run's tags as a dict."""
     return {t["key"]: t["value"] for t in run["tags"]}
+
+
+def repository_of(selector: dict[str, str]) -> dict[str, str]:
+    """The repository part of a sensor selector (from :meth:`DagsterDev.wait_until_serving`)."""
+    return {k: selector[k] for k in ("repositoryLocationName", "repositoryName")}
+
+
+ASSET_JOB = "__ASSET_JOB"  # the job Dagster materializes selected assets with
+UNFINISHED = ["QUEUED", "NOT_STARTED", "MANAGED", "STARTING", "STARTED", "CANCELING"]
 
 
 WORKSPACE = """
@@ -406,6 +500,71 @@ query ($runId: ID!) {
     __typename
     ... on EventConnection { events { __typename ... on MessageEvent { message } } }
     ... on PythonError { message }
+  }
+}
+"""
+
+SCHEDULE_ID = """
+query ($selector: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $selector) {
+    __typename
+    ... on Schedule { id }
+    ... on PythonError { message }
+  }
+}
+"""
+
+STOP_SCHEDULE = """
+mutation ($id: String!) {
+  stopRunningSchedule(id: $id) {
+    __typename
+    ... on ScheduleStateResult { scheduleState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+ASSET_NODE = """
+query ($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    __typename
+    ... on AssetNode { partitionKeys backfillPolicy { policyType maxPartitionsPerRun } }
+  }
+}
+"""
+
+LAUNCH_BACKFILL = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+
+BACKFILL = """
+query ($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      partitionNames
+      runs { runId status tags { key value } }
+      error { message }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+LAUNCH_RUN = """
+mutation ($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
   }
 }
 """

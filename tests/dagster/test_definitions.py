@@ -7,21 +7,27 @@ imports it afresh under its own environment.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from dagster import (
     AssetKey,
+    BackfillPolicy,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
     EnvVar,
+    TimeWindowPartitionsDefinition,
 )
 from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._serdes import serialize_value
@@ -50,6 +56,9 @@ STORAGE = "user_transactions"
 OFFLINE = AssetKey([STORAGE, "offline"])
 ONLINE = AssetKey([STORAGE, "online"])
 SOURCE = AssetKey(["sources", "transactions"])
+SPEND = "user_spend"
+BACKFILL = AssetKey([SPEND, "backfill"])
+HISTORY_SOURCE = AssetKey(["sources", "transactions-history"])
 
 
 def _forget_project_modules() -> None:
@@ -152,6 +161,43 @@ def test_example_definitions_load(
     offline_job = repo.get_job(schedule.job_name)
     assert offline_job.asset_layer.executable_asset_keys == {OFFLINE}
 
+    # The aggregated example: its own assets, supervisor and schedule over the same stream,
+    # with what it serves in its metadata.
+    spend_online = graph.get(AssetKey([SPEND, "online"]))
+    assert SOURCE in spend_online.parent_keys
+    assert spend_online.metadata["fs_dagster/windows"] == "1h, 1d, 7d"
+    features = spend_online.metadata["fs_dagster/features"].split(", ")
+    assert features[:3] == ["sum_amount_1h", "sum_amount_1d", "sum_amount_7d"]
+    assert len(features) == 9
+    assert "fs_dagster/windows" not in online.metadata  # row-level sets have none
+    assert repo.get_sensor_def(f"{SPEND}__online_supervisor").job_name == (
+        f"{SPEND}__online_ingestion"
+    )
+
+    # ... and its backfill: one daily partition per day of the history written under
+    # FS_DAGSTER_HOME (the 7 days before today's midnight UTC), one run per range.
+    history = home / "history" / "transactions"
+    span = json.loads((history / "_range.json").read_text())
+    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert span == {
+        "start": (end - timedelta(days=7)).isoformat(),
+        "end": end.isoformat(),
+        "rows": 3500,
+    }
+    rows = pd.read_parquet(history)
+    assert len(rows) == 3500
+    assert rows["ts"].min() >= end - timedelta(days=7) and rows["ts"].max() < end
+    assert set(rows.columns) == {"user_id", "amount", "merchant", "is_remote", "ts"}
+    backfill = graph.get(BACKFILL)
+    assert backfill.is_materializable
+    assert HISTORY_SOURCE in backfill.parent_keys
+    assert graph.get(HISTORY_SOURCE).kinds == {"parquet"}
+    assert backfill.backfill_policy == BackfillPolicy.single_run()
+    partitions = backfill.partitions_def
+    assert isinstance(partitions, TimeWindowPartitionsDefinition)
+    days = [(end - timedelta(days=n)).date().isoformat() for n in range(7, 0, -1)]
+    assert partitions.get_partition_keys() == days
+
     # The demo generator of the example project.
     assert repo.get_schedule_def("demo_events_every_minute").job_name == "demo_events"
 
@@ -162,6 +208,33 @@ def test_example_definitions_load(
     assert store.checkpoint_root == str(home / "checkpoints")
     assert store.sqlite_path == str(home / "online.db")
     assert store.online_store == "sqlite"
+
+
+def test_history_is_written_once_and_keeps_its_range(
+    load_example: Callable[..., types.ModuleType], tmp_path: Path
+) -> None:
+    # Loaded again (another process, or after midnight): the same history, not rewritten.
+    load_example()
+    history = tmp_path / "home" / "history" / "transactions"
+    written = {p.name: p.stat().st_mtime_ns for p in history.iterdir()}
+    load_example()
+    assert {p.name: p.stat().st_mtime_ns for p in history.iterdir()} == written
+
+    # A history written on an earlier day keeps that day's range: the partitions of one
+    # deployment do not move at midnight.
+    generator = sys.modules["jobs.generator"]
+    settings = sys.modules["resources"].project_settings()
+    other = tmp_path / "other"
+    earlier = datetime(2026, 1, 8, tzinfo=UTC)
+    generator.ensure_history(replace(settings, home=other), end=earlier)
+    module = load_example(FS_DAGSTER_HOME=str(other))
+    graph = module.defs.get_repository_def().asset_graph
+    partitions = graph.get(BACKFILL).partitions_def
+    assert isinstance(partitions, TimeWindowPartitionsDefinition)
+    assert partitions.get_partition_keys() == [f"2026-01-0{d}" for d in range(1, 8)]
+    # The same end date always gives the same rows.
+    again = generator.history_frame(earlier)
+    pd.testing.assert_frame_equal(pd.read_parquet(other / "history" / "transactions"), again)
 
 
 def test_loading_the_code_location_starts_no_spark(tmp_path: Path) -> None:
