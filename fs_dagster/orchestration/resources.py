@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +23,13 @@ from fs_dagster.stores.online.base import OnlineStore
 from fs_dagster.stores.online.cassandra import CassandraOnlineStore
 from fs_dagster.stores.online.sqlite import SqliteOnlineStore
 
-__all__ = ["FeatureStoreResource", "run_spark_conf", "run_spark_session", "spark_resource"]
+__all__ = [
+    "FeatureStoreResource",
+    "interrupts_deferred",
+    "run_spark_conf",
+    "run_spark_session",
+    "spark_resource",
+]
 
 
 class FeatureStoreResource(ConfigurableResource):  # type: ignore[type-arg]
@@ -118,13 +127,38 @@ def run_spark_conf(base: Mapping[str, Any], template: ClusterTemplate) -> dict[s
     return conf
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT back while Spark's JVM starts, and deliver it once it is up.
+
+    PySpark starts its JVM with SIGINT ignored and then waits for a connection file in a
+    temporary directory. Interrupted in that wait, it deletes the directory; the JVM's
+    main thread then fails, but its py4j thread keeps the JVM alive with no parent: an
+    orphan that only SIGKILL ends. Deferred, the interrupt stops a run whose Spark is up,
+    and the JVM exits with it. Only the main thread can handle signals; elsewhere this
+    does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, _frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)  # to the handler the run had
+
+
 def run_spark_session(pyspark: LazyPySparkResource, template: ClusterTemplate) -> SparkSession:
     """The Spark session of a run (each Dagster run is its own process and session)."""
     conf = run_spark_conf(pyspark.spark_config, template)
-    if conf == {str(k): str(v) for k, v in pyspark.spark_config.items()}:
-        session: SparkSession = pyspark.spark_session
-        return session
-    builder = SparkSession.builder
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    return builder.getOrCreate()
+    with interrupts_deferred():
+        if conf == {str(k): str(v) for k, v in pyspark.spark_config.items()}:
+            session: SparkSession = pyspark.spark_session
+            return session
+        builder = SparkSession.builder
+        for key, value in conf.items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
