@@ -74,19 +74,26 @@ class AggregationPlan:
         return self._retentions[resolution]
 
     def expired_rung(
-        self, at_micros: int, now_seconds: int, written_since: int | None
+        self,
+        at_micros: int,
+        now_seconds: int,
+        written_since: int | None,
+        seeded_at: int | None = None,
     ) -> int | None:
         """A resolution whose tiles a read at ``at_micros`` needs but may have lost, or None.
 
         Tiles expire ``retention(r)`` seconds after their last write, and a tile is never
         written before its start (events are not ingested before they happen) nor before
-        ``written_since`` (when its table was created, if known). So a read is complete
-        when, for each resolution, its first needed tile cannot have expired yet.
+        ``written_since`` (when its table was created, if known). A backfill seeding at
+        ``seeded_at`` skips tiles whose retention had passed by then. So a read is
+        complete when, for each resolution, its first needed tile cannot be gone.
         """
         _, ranges = read_ranges(self.window_seconds, at_micros, self.resolutions)
         for needed in ranges:
+            retention = self.retention(needed.resolution)
             written = max(needed.first, written_since or needed.first)
-            if written + self.retention(needed.resolution) <= now_seconds:
+            skipped = seeded_at is not None and needed.first + retention < seeded_at
+            if skipped or written + retention <= now_seconds:
                 return needed.resolution
         return None
 

@@ -438,8 +438,12 @@ def read_aggregates(
     """
     now_seconds = now_micros() // 1_000_000
     created = store.tiles_created_at(plan.tile_table)
+    seeded = store.tiles_seeded_at(plan.tile_table)
     rung = plan.expired_rung(
-        at_micros, now_seconds, created // 1_000_000 if created is not None else None
+        at_micros,
+        now_seconds,
+        created // 1_000_000 if created is not None else None,
+        seeded // 1_000_000 if seeded is not None else None,
     )
     if rung is not None:
         at = datetime.fromtimestamp(at_micros / 1e6, UTC).isoformat()

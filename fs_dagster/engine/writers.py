@@ -365,7 +365,10 @@ class SeedOnlineTiles:
         plan = self.aggregation
         store = self.store
         version = ctx.version
-        now_seconds = now_micros() // 1_000_000
+        seeded = now_micros()
+        now_seconds = seeded // 1_000_000
+        # Recorded before writing: a read that needs a skipped tile is refused from now on.
+        store.mark_tiles_seeded(plan.tile_table, seeded)
         encoded = encode_partials(tile_partials(computed.rows, plan), plan)
         written = encoded.sparkSession.sparkContext.accumulator(0)
 

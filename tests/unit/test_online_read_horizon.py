@@ -58,6 +58,10 @@ def test_a_read_past_the_finest_retention_is_refused() -> None:
     march = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp())
     assert plan.expired_rung(march * 1_000_000, NOW, NOW - 60) is None
     assert plan.expired_rung(march * 1_000_000, NOW, NOW - 3 * 86400) is not None
+    # A backfill seeding skips tiles already past their retention: reads needing them
+    # are refused even in a table created a minute ago.
+    assert plan.expired_rung(march * 1_000_000, NOW, NOW - 60, seeded_at=NOW - 30) == finest
+    assert plan.expired_rung((NOW - 10) * 1_000_000, NOW, NOW - 60, seeded_at=NOW - 30) is None
 
 
 def test_store_refuses_reads_whose_tiles_may_be_gone(tmp_path: Path) -> None:

@@ -32,6 +32,8 @@ __all__ = [
 
 #: The progress-log name under which a tile table's creation time is kept.
 _CREATED_SUFFIX = "#created"
+#: ... and the time of its latest backfill seeding.
+_SEEDED_SUFFIX = "#seeded"
 
 #: Event time of the stored vector, in microseconds; compared on every upsert.
 EVENT_MICROS_COLUMN = "__fs_event_micros"
@@ -286,6 +288,15 @@ class OnlineStore(ABC):
     def tiles_created_at(self, table: TileTable) -> int | None:
         """When ``table`` was first written (micros), if recorded: no tile is older."""
         return self.progress_before(f"{table.name}{_CREATED_SUFFIX}", 1)
+
+    def mark_tiles_seeded(self, table: TileTable, at_micros: int) -> None:
+        """Record the latest seeding of ``table`` by a backfill, which skips tiles whose
+        retention had passed at ``at_micros``."""
+        self.record_progress(f"{table.name}{_SEEDED_SUFFIX}", 0, at_micros)
+
+    def tiles_seeded_at(self, table: TileTable) -> int | None:
+        """When ``table`` was last seeded (micros), if ever."""
+        return self.progress_before(f"{table.name}{_SEEDED_SUFFIX}", 1)
 
     def close(self) -> None:  # noqa: B027 - optional for stores without connections
         """Release connections held by this process."""
