@@ -18,7 +18,7 @@ destination idempotently and says what it did in an :class:`Outcome`:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import reduce
@@ -30,6 +30,7 @@ from pyspark.sql import functions as F  # noqa: N812
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sinks import KafkaSink
+from fs_dagster.definitions.sources import KafkaSource
 from fs_dagster.engine.aggregates import apply_partials, encode_partials, tile_partials
 from fs_dagster.engine.computation import BatchContext, Computed, EventRange, event_micros
 from fs_dagster.engine.delta import AppendOnce, ReplaceRange, WriteMode, write_delta
@@ -38,6 +39,7 @@ from fs_dagster.engine.sources import (
     PAYLOAD_COLUMN,
     POSITION_COLUMN,
     kafka_client_options,
+    parse_schema,
 )
 from fs_dagster.planning.plan import EVENT_DATE_COLUMN, StoragePlan
 from fs_dagster.stores.online.base import (
@@ -174,19 +176,67 @@ class DeadLetters:
         return Outcome(dead_letters=count)
 
 
+#: Kafka metadata a transformation may pass through; with all three, a row set aside is
+#: traced back to its record (JFrog ML asks aggregated sets to select them).
+_KAFKA_POSITION = ("topic", "partition", "offset")
+
+
+def _with_raw_records(
+    feature_set: FeatureSet, rows: DataFrame, sources: Mapping[str, DataFrame]
+) -> tuple[DataFrame, Any, Any]:
+    """``rows`` with the raw record and position of each, where they can be traced.
+
+    A SQL transformation's output row cannot be traced to its source record in general;
+    a Kafka source's can when the output keeps ``topic``, ``partition`` and ``offset``.
+    Elsewhere the payload is the output row and the position says so.
+    """
+    source = feature_set.sources[0] if len(feature_set.sources) == 1 else None
+    own_names = (
+        set(parse_schema(rows.sparkSession, source.schema).fieldNames())
+        if isinstance(source, KafkaSource)
+        else set()
+    )
+    traceable = (
+        isinstance(source, KafkaSource)
+        and source.name in sources
+        and all(c in rows.columns for c in _KAFKA_POSITION)
+        and not own_names & set(_KAFKA_POSITION)
+    )
+    if not traceable:
+        return rows, row_json(rows), F.lit("transformation output")
+    assert source is not None
+    raw = sources[source.name].select(
+        *[F.col(c).alias(f"__fs_raw_{c}") for c in _KAFKA_POSITION],
+        F.col(PAYLOAD_COLUMN).alias("__fs_raw_payload"),
+        F.col(POSITION_COLUMN).alias("__fs_raw_position"),
+    )
+    joined = rows.join(
+        raw,
+        on=[rows[c] == raw[f"__fs_raw_{c}"] for c in _KAFKA_POSITION],
+        how="left",
+    )
+    output = F.struct(*[rows[c] for c in rows.columns])
+    payload = F.coalesce(F.col("__fs_raw_payload"), F.to_json(output, _JSON_OPTIONS))
+    position = F.coalesce(F.col("__fs_raw_position"), F.lit("transformation output"))
+    return joined, payload, position
+
+
 def write_late_events(
     feature_set: FeatureSet,
     plan: StoragePlan,
     late: DataFrame,
     ctx: BatchContext,
     *,
+    sources: Mapping[str, DataFrame],
     reason: str,
     watermark: int | None,
     destination: str,
 ) -> None:
-    """Append rows set aside with their key, event time, reason and payload."""
+    """Append rows set aside with their key, event time, reason, and the raw record and
+    its position where the row can be traced to it (see :func:`_with_raw_records`)."""
     fs = feature_set
-    records = late.select(
+    rows, payload, position = _with_raw_records(fs, late, sources)
+    records = rows.select(
         F.lit(fs.name).alias("feature_set"),
         _key_json(fs).alias("key"),
         F.col(fs.timestamp_column).cast("timestamp").alias("event_time"),
@@ -196,10 +246,11 @@ def write_late_events(
             else F.lit(None).cast("timestamp")
         ).alias("watermark"),
         F.lit(reason).alias("reason"),
-        row_json(late).alias("payload"),
+        payload.alias("payload"),
         F.lit(ctx.version).cast("long").alias("batch_id"),
         F.current_timestamp().alias("recorded_at"),
         F.lit(ctx.trigger).alias("pipeline"),
+        position.alias("position"),
     )
     mode = AppendOnce(f"{ctx.app_id}-{destination}", ctx.txn_version)
     write_delta(records, plan.late_events_path, mode, merge_schema=True)
@@ -220,6 +271,7 @@ class SetAside:
             self.plan,
             computed.outside,
             ctx,
+            sources=computed.sources,
             reason=computed.range.reason,
             watermark=None,
             destination="set-aside",
@@ -321,6 +373,7 @@ class OnlineTiles:
                             self.plan,
                             late,
                             ctx,
+                            sources=computed.sources,
                             reason=(
                                 f"event time is older than the watermark: newest event time "
                                 f"seen {newest} minus allowed_lateness {fs.allowed_lateness}"
