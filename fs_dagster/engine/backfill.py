@@ -28,7 +28,6 @@ from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql.types import StructType
 
 from fs_dagster.aggregation.tiles import resolutions_for
-from fs_dagster.definitions.backfill import BackfillSpec
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sources import BatchSource
@@ -122,17 +121,6 @@ def read_batch_source(
     )
 
 
-def _clip(
-    spec: BackfillSpec, start: datetime, end: datetime
-) -> list[tuple[BatchSource, datetime, datetime]]:
-    ranges = []
-    for entry in spec.sources:
-        lo, hi = max(entry.start, start), min(entry.end, end)
-        if lo < hi:
-            ranges.append((entry.source, lo, hi))
-    return ranges
-
-
 def _shaped_like_stream(
     spark: SparkSession, feature_set: FeatureSet, backfilled: DataFrame
 ) -> DataFrame:
@@ -165,13 +153,12 @@ def _inputs(
     if feature_set.kind == "batch":
         return {s.name: read_batch_source(spark, s, start, end) for s in feature_set.batch_sources}
     assert spec is not None
-    tables = {s.name: read_batch_source(spark, s, lo, hi) for s, lo, hi in _clip(spec, start, end)}
-    if not tables:
-        # No source covers this range: an empty frame of each source's shape.
-        tables = {
-            entry.source.name: read_batch_source(spark, entry.source, end, end)
-            for entry in spec.sources
-        }
+    tables: dict[str, DataFrame] = {}
+    for entry in spec.sources:
+        # Each source over its own range within this one (empty where they do not meet),
+        # so that the backfill SQL always finds every source it names.
+        lo, hi = max(entry.start, start), min(entry.end, end)
+        tables[entry.source.name] = read_batch_source(spark, entry.source, lo, max(lo, hi))
     visible = {
         name: df.drop(PAYLOAD_COLUMN, POSITION_COLUMN, ERROR_COLUMN) for name, df in tables.items()
     }

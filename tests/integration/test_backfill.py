@@ -310,3 +310,68 @@ def test_backfill_output_must_feed_the_streaming_transformation(
     assert thin.name in str(error.value)
     assert "backfill.backfill_transformation" in str(error.value)
     assert not (tmp_path / "offline").exists()
+
+
+def test_per_source_ranges_limit_what_each_source_gives(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """A source's own range bounds its rows; a range it does not cover reads it empty."""
+    suffix = uuid.uuid4().hex[:6]
+    end = datetime(2026, 3, 4, tzinfo=UTC)
+    start = end - timedelta(days=3)
+    rng = random.Random(3)
+    old_events = _events(rng, 60, start, end)
+    new_events = _events(rng, 60, start, end)
+    old = fs.BatchSource(
+        name=f"old_{suffix}", path=str(tmp_path / "old"), timestamp_column="event_time"
+    )
+    new = fs.BatchSource(
+        name=f"new_{suffix}", path=str(tmp_path / "new"), timestamp_column="event_time"
+    )
+    _write_parquet(spark, old_events, Path(old.path))
+    _write_parquet(spark, new_events, Path(new.path))
+    stream = fs.FileSource(name=f"live_{suffix}", path=str(tmp_path / "in"), schema=SCHEMA)
+    select = (
+        "SELECT customer AS user_id, amount_usd AS amount, remote AS is_remote, event_time AS ts"
+    )
+
+    @fs.streaming.feature_set(
+        name=f"two_sources_{suffix}",
+        key="user_id",
+        data_sources=[stream],
+        timestamp_column_name="ts",
+    )
+    @fs.streaming.backfill(
+        start_date=start,
+        end_date=end,
+        data_sources=[
+            fs.BackfillBatchDataSourceSpec(
+                data_source_name=old.name, end_datetime=start + timedelta(days=1)
+            ),
+            new.name,
+        ],
+        backfill_transformation=fs.SparkSqlTransformation(
+            f"{select} FROM {old.name} UNION ALL {select} FROM {new.name}"
+        ),
+    )
+    def two() -> fs.SparkSqlTransformation:
+        return fs.SparkSqlTransformation(
+            f"SELECT user_id, amount, is_remote, ts FROM {stream.name}"
+        )
+
+    client = fs.FeatureStore(
+        online_store=fs.SqliteOnlineStore(tmp_path / "online.db"),
+        offline_root=str(tmp_path / "offline"),
+        feature_sets=[two],
+        spark=spark,
+    )
+
+    def inside(events: list[dict[str, Any]], lo: datetime, hi: datetime) -> int:
+        return sum(lo <= datetime.fromisoformat(e["ts"]) < hi for e in events)
+
+    first_day = (start, start + timedelta(days=1))
+    last_day = (end - timedelta(days=1), end)
+    assert client.backfill(two, *first_day).rows_in == inside(old_events, *first_day) + inside(
+        new_events, *first_day
+    )
+    assert client.backfill(two, *last_day).rows_in == inside(new_events, *last_day)
