@@ -1,8 +1,9 @@
 """Brute-force reference for windowed aggregates: pandas over the raw events.
 
-It applies the window semantics the README documents (``tiles.window_bounds``): window
-``W`` read at ``t`` covers event times in ``[S, E)``; everything else is computed from
-the raw values with no tiles and no merging.
+It applies the window semantics the README documents, written here again without the
+library's tile code: window ``W`` read at ``t`` covers event times in ``[S, E)``, ``E`` the
+end of the second holding ``t``, ``S = E - W`` rounded up to the window's edge
+resolution; everything else is computed from the raw values with no tiles and no merging.
 """
 
 from __future__ import annotations
@@ -13,9 +14,27 @@ from typing import Any
 
 import pandas as pd
 
-from fs_dagster.aggregation.tiles import window_bounds
 from fs_dagster.definitions.aggregations import AggregateSpec
 from fs_dagster.definitions.feature_set import FeatureSet
+
+
+def _edge_resolution(window_seconds: int) -> int:
+    """README: the finest of 1 s, 1 min, 1 h, 1 day dividing W into at most 1,440 tiles."""
+    for rung in (1, 60, 3600, 86400):
+        if window_seconds % rung == 0 and window_seconds // rung <= 1440:
+            return rung
+    for rung in (86400, 3600, 60, 1):
+        if window_seconds % rung == 0:
+            return rung
+    return 1
+
+
+def window_bounds(window_seconds: int, at_micros: int) -> tuple[int, int]:
+    """``(S, E)`` in seconds for window ``W`` read at ``at_micros`` (README semantics)."""
+    end = at_micros // 1_000_000 + 1
+    rung = _edge_resolution(window_seconds)
+    start = end - window_seconds
+    return (start + rung - 1) // rung * rung, end
 
 
 def _newest_first(item: tuple[int, Any]) -> tuple[Any, ...]:
