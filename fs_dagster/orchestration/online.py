@@ -19,6 +19,7 @@ from dagster import (
     AssetMaterialization,
     Config,
     DagsterInstance,
+    DagsterRunStatus,
     DefaultSensorStatus,
     Failure,
     JobDefinition,
@@ -33,8 +34,6 @@ from dagster import (
     op,
     sensor,
 )
-from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES, DagsterRunStatus
-from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
@@ -50,6 +49,19 @@ from fs_dagster.orchestration.naming import (
     supervisor_sensor_name,
 )
 from fs_dagster.orchestration.resources import FeatureStoreResource, run_spark_session
+
+# Dagster's run tags and unfinished statuses, by value: their constants live in private
+# modules (``dagster._core``) that change without notice.
+RUN_KEY_TAG = "dagster/run_key"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+NOT_FINISHED_STATUSES = [
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.SUSPENDED,
+    DagsterRunStatus.CANCELING,
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+]
 
 __all__ = ["OnlineIngestionConfig", "build_online_job", "build_supervisor_sensor"]
 
