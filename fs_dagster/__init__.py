@@ -26,16 +26,22 @@ from fs_dagster.definitions.feature_set import (
     FeatureSet,
     FeatureSetMetadata,
 )
+from fs_dagster.definitions.kafka_auth import (
+    SaslAuthentication,
+    SaslMechanism,
+    SecurityProtocol,
+    SslAuthentication,
+    set_secret_resolver,
+)
 from fs_dagster.definitions.schema import Column, Schema, Type
 from fs_dagster.definitions.secrets import Secret
-from fs_dagster.definitions.sinks import KafkaSink
-from fs_dagster.definitions.sources import (
-    BatchSource,
-    FileSource,
-    KafkaSource,
-    SaslAuth,
-    SslAuth,
+from fs_dagster.definitions.sinks import (
+    KafkaSink,
+    MessageFormat,
+    OfflineStreamingAttachmentPoint,
+    OnlineStreamingAttachmentPoint,
 )
+from fs_dagster.definitions.sources import BatchSource, FileSource, KafkaSource
 from fs_dagster.definitions.transformations import (
     PandasUdf,
     SparkSqlTransformation,
@@ -65,16 +71,21 @@ __all__ = [
     "FileSource",
     "KafkaSink",
     "KafkaSource",
+    "MessageFormat",
+    "OfflineStreamingAttachmentPoint",
     "OnlineStore",
+    "OnlineStreamingAttachmentPoint",
     "PandasUdf",
     "S3Settings",
-    "SaslAuth",
+    "SaslAuthentication",
+    "SaslMechanism",
     "Schema",
     "Secret",
+    "SecurityProtocol",
     "SparkSettings",
     "SparkSqlTransformation",
     "SqliteOnlineStore",
-    "SslAuth",
+    "SslAuthentication",
     "Type",
     "UdfTransformation",
     "ValidationResult",
@@ -82,6 +93,7 @@ __all__ = [
     "build_definitions",
     "create_spark_session",
     "pandas_udf",
+    "set_secret_resolver",
     "spark_resource",
     "streaming",
     "validate",

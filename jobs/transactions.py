@@ -13,6 +13,8 @@ from resources import project_settings
 
 SCHEMA = "user_id STRING, amount DOUBLE, merchant STRING, is_remote BOOLEAN, ts TIMESTAMP"
 TOPIC = "transactions"
+#: Where ``user-transactions`` publishes its features (with Kafka), read by ``jobs.merchants``.
+FEATURES_TOPIC = "user-transactions-features"
 
 _settings = project_settings()
 transactions: fs.KafkaSource | fs.FileSource
@@ -35,6 +37,23 @@ def amount_cents(amount: pd.Series) -> pd.Series:
     return (amount * 100).round().astype("int64")
 
 
+# With Kafka, every feature row is also published to a topic that another feature set
+# reads (jobs/merchants.py): a chain the asset graph shows. Files have no sink.
+feature_sinks = (
+    [
+        fs.KafkaSink(
+            name="features_topic",
+            topic=FEATURES_TOPIC,
+            bootstrap_servers=_settings.kafka_bootstrap_servers,
+            message_format=fs.MessageFormat.JSON,
+            attachment_point=fs.OnlineStreamingAttachmentPoint(),
+        )
+    ]
+    if _settings.kafka_bootstrap_servers
+    else []
+)
+
+
 @fs.streaming.feature_set(
     name="user-transactions",
     key="user_id",
@@ -43,6 +62,7 @@ def amount_cents(amount: pd.Series) -> pd.Series:
     offline_scheduling_policy="*/10 * * * *",
     online_trigger_interval=5,
     online_ttl="30 days",
+    auxiliary_sinks=feature_sinks,
 )
 @fs.streaming.metadata(
     owner="risk-team",

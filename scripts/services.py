@@ -13,11 +13,39 @@ holds the jars ``mvn`` copied from ``scripts/maven/<name>/pom.xml``, ``<name>/da
 output and ``<name>.pid`` its process id. Every process binds 127.0.0.1 only.
 
 Ports come from the environment: ``FS_KAFKA_PORT`` (9092), ``FS_KAFKA_CONTROLLER_PORT``
-(9093), ``FS_CASSANDRA_PORT`` (9042), ``FS_CASSANDRA_STORAGE_PORT`` (7000),
+(9093), ``FS_KAFKA_SASL_PORT`` (9094), ``FS_KAFKA_SASL_SSL_PORT`` (9095),
+``FS_KAFKA_SSL_PORT`` (9096), ``FS_CASSANDRA_PORT`` (9042), ``FS_CASSANDRA_STORAGE_PORT`` (7000),
 ``FS_CASSANDRA_JMX_PORT`` (7199) and ``FS_S3_PORT`` (9000). ``FS_SERVICES_TIMEOUT`` sets
 the readiness timeout of every service in seconds (default 180 for Cassandra and 60 for
 the others). ``FS_CASSANDRA_AUTH=1`` at start turns on Cassandra's PasswordAuthenticator
 (superuser ``cassandra``/``cassandra``).
+
+Secured Kafka listeners, for tests of SASL and TLS clients (inter-broker and controller
+traffic stay PLAINTEXT, and readiness is probed on PLAINTEXT plus a login on each):
+
+- ``SASL_PLAINTEXT`` on ``FS_KAFKA_SASL_PORT`` and ``SASL_SSL`` on
+  ``FS_KAFKA_SASL_SSL_PORT``, each with the mechanisms ``PLAIN``, ``SCRAM-SHA-256`` and
+  ``SCRAM-SHA-512``; one test user per mechanism (``fs-plain``, ``fs-scram-256``,
+  ``fs-scram-512``). The PLAIN user lives in the listeners' JAAS configuration, the SCRAM
+  users are upserted through the Admin API on the PLAINTEXT listener at every start (so
+  a storage formatted before this existed gets them too).
+- ``SSL`` on ``FS_KAFKA_SSL_PORT``: mutual TLS, the client must present a certificate
+  signed by the project's CA.
+- ``kafka/tls/`` holds a CA made with openssl once per services dir (``ca.pem``), the
+  broker's certificate for ``127.0.0.1``/``localhost`` and a client certificate
+  (``client.pem``, ``client.key``: PKCS#8 encrypted with PBE-SHA1-3DES, the scheme both
+  Java's and OpenSSL's PEM readers accept).
+- ``kafka/credentials.json`` (mode 0600) holds the randomly generated passwords, made
+  once per services dir and never printed::
+
+      {"users": {"PLAIN": {"username": "fs-plain", "password": "..."},
+                 "SCRAM-SHA-256": {...}, "SCRAM-SHA-512": {...}},
+       "tls": {"ca": "tls/ca.pem", "client_certificate": "tls/client.pem",
+               "client_key": "tls/client.key", "client_key_password": "...",
+               "server_key_password": "..."}}
+
+  TLS paths are relative to the ``kafka`` folder. Delete ``kafka/credentials.json`` and
+  ``kafka/tls`` only while Kafka is stopped; the next start makes new ones.
 
 Exit codes: 0 success; 1 a fetch or a start failed; 2 bad usage; 3 ``status`` found a
 service stopped.
@@ -34,6 +62,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -46,6 +75,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 MAVEN_DIR = REPO / "scripts" / "maven"
@@ -106,6 +136,9 @@ def java_executable() -> str:
 class Ports:
     kafka: int
     kafka_controller: int
+    kafka_sasl: int
+    kafka_sasl_ssl: int
+    kafka_ssl: int
     cassandra: int
     cassandra_storage: int
     cassandra_jmx: int
@@ -116,6 +149,9 @@ class Ports:
         return cls(
             kafka=env_int("FS_KAFKA_PORT", 9092),
             kafka_controller=env_int("FS_KAFKA_CONTROLLER_PORT", 9093),
+            kafka_sasl=env_int("FS_KAFKA_SASL_PORT", 9094),
+            kafka_sasl_ssl=env_int("FS_KAFKA_SASL_SSL_PORT", 9095),
+            kafka_ssl=env_int("FS_KAFKA_SSL_PORT", 9096),
             cassandra=env_int("FS_CASSANDRA_PORT", 9042),
             cassandra_storage=env_int("FS_CASSANDRA_STORAGE_PORT", 7000),
             cassandra_jmx=env_int("FS_CASSANDRA_JMX_PORT", 7199),
@@ -411,6 +447,9 @@ class Service:
     prepare: Callable[[Layout, Ports], list[str]]
     probe: Callable[[Ports], bool]
     env: Callable[[], dict[str, str]] | None = None
+    # Idempotent setup once the probe passes (and for a service already running);
+    # raises ServiceError when the service is up but not usable.
+    after_ready: Callable[[Layout, Ports], None] | None = None
 
     def timeout(self) -> float:
         raw = os.environ.get("FS_SERVICES_TIMEOUT", "").strip()
@@ -455,20 +494,262 @@ def kafka_cluster_id() -> str:
             return candidate
 
 
+# Secured listeners -------------------------------------------------------------------
+
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# JAAS option names (user_<name>) take letters, digits and '_' safely; no '-'.
+KAFKA_TEST_USERS = {
+    "PLAIN": "fs_plain",
+    "SCRAM-SHA-256": "fs_scram_256",
+    "SCRAM-SHA-512": "fs_scram_512",
+}
+SCRAM_ITERATIONS = 8192
+TLS_DAYS = 3650
+TLS_FILES = ("ca.pem", "server-keystore.pem", "client.pem", "client.key")
+PLAIN_LOGIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
+SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
+SECURED_LISTENERS_WAIT_S = 15.0
+
+
+def kafka_tls_dir(layout: Layout) -> Path:
+    return layout.home / "tls"
+
+
+def kafka_credentials_path(layout: Layout) -> Path:
+    return layout.home / "credentials.json"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by its owner only from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.unlink(missing_ok=True)
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    staging.replace(path)
+
+
+def new_kafka_credentials() -> dict[str, Any]:
+    return {
+        "users": {
+            mechanism: {"username": user, "password": secrets.token_urlsafe(24)}
+            for mechanism, user in KAFKA_TEST_USERS.items()
+        },
+        "tls": {
+            "ca": "tls/ca.pem",
+            "client_certificate": "tls/client.pem",
+            "client_key": "tls/client.key",
+            "client_key_password": secrets.token_urlsafe(24),
+            "server_key_password": secrets.token_urlsafe(24),
+        },
+    }
+
+
+def credentials_complete(data: object) -> bool:
+    if not isinstance(data, dict):
+        return False
+    users, tls = data.get("users"), data.get("tls")
+    if not isinstance(users, dict) or not isinstance(tls, dict):
+        return False
+    return all(
+        isinstance(users.get(m), dict) and users[m].get("password") for m in KAFKA_TEST_USERS
+    ) and all(tls.get(k) for k in ("client_key_password", "server_key_password"))
+
+
+def kafka_credentials(layout: Layout) -> dict[str, Any]:
+    """The test users and TLS key passwords, made once per services dir (see the top)."""
+    path = kafka_credentials_path(layout)
+    try:
+        data: object = json.loads(path.read_text())
+    except FileNotFoundError:
+        data = None
+    except (OSError, ValueError) as exc:
+        raise ServiceError(
+            f"kafka: {path} is unreadable or not JSON ({type(exc).__name__}); with Kafka "
+            "stopped, delete it and the tls folder next to it to make new credentials"
+        ) from exc
+    if isinstance(data, dict) and credentials_complete(data):
+        return data
+    if data is not None:
+        raise ServiceError(
+            f"kafka: {path} lacks users or TLS key passwords; with Kafka stopped, delete it "
+            "and the tls folder next to it to make new credentials"
+        )
+    fresh = new_kafka_credentials()
+    # Keys encrypted with other passwords would not open: new credentials, new TLS files.
+    shutil.rmtree(kafka_tls_dir(layout), ignore_errors=True)
+    write_private(path, json.dumps(fresh, indent=2) + "\n")
+    say(f"kafka: made test users and passwords in {path}")
+    return fresh
+
+
+def openssl(arguments: Sequence[str], cwd: Path, key_password: str | None = None) -> None:
+    """Run openssl; a key password travels in the environment, never on the command line."""
+    executable = shutil.which("openssl")
+    if executable is None:
+        raise ServiceError(
+            "openssl not found: install it (Debian: apt-get install openssl) to make the "
+            "test CA and certificates of Kafka's TLS listeners"
+        )
+    env = dict(os.environ)
+    if key_password is not None:
+        env["FS_TLS_KEY_PASSWORD"] = key_password
+    result = subprocess.run(
+        [executable, *arguments],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-10:])
+        raise ServiceError(f"kafka: openssl {arguments[0]} failed in {cwd}:\n{tail}")
+
+
+def issue_certificate(
+    work: Path, name: str, subject: str, extensions: str, key_password: str
+) -> None:
+    """``<name>.pem`` signed by the CA in ``work`` and ``<name>.key`` (encrypted PKCS#8)."""
+    plain_key = f"{name}.plain.key"
+    openssl(["genpkey", "-algorithm", "RSA", "-out", plain_key], work)  # RSA 2048 bits
+    openssl(["req", "-new", "-key", plain_key, "-subj", subject, "-out", f"{name}.csr"], work)
+    (work / f"{name}.ext").write_text(extensions)
+    openssl(
+        [
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-set_serial", str(secrets.randbits(63)), "-days", str(TLS_DAYS), "-sha256",
+            "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+        ],
+        work,
+    )  # fmt: skip
+    # PBE-SHA1-3DES (PKCS#12 PBE): Java's EncryptedPrivateKeyInfo, which Kafka's PEM
+    # reader uses, has no SecretKeyFactory for OpenSSL's default PBES2.
+    openssl(
+        [
+            "pkcs8", "-topk8", "-v1", "PBE-SHA1-3DES", "-in", plain_key,
+            "-passout", "env:FS_TLS_KEY_PASSWORD", "-out", f"{name}.key",
+        ],
+        work,
+        key_password,
+    )  # fmt: skip
+    for leftover in (plain_key, f"{name}.csr", f"{name}.ext"):
+        (work / leftover).unlink()
+    (work / f"{name}.key").chmod(0o600)
+
+
+def ensure_kafka_tls(layout: Layout, credentials: dict[str, Any]) -> Path:
+    """Make the test CA, the broker's and a client's certificate once; return the folder."""
+    tls = kafka_tls_dir(layout)
+    if all((tls / name).exists() for name in TLS_FILES):
+        return tls
+    work = layout.home / "tls.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o700, parents=True)
+    openssl(
+        [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+            "-out", "ca.pem", "-days", str(TLS_DAYS), "-sha256",
+            "-subj", "/CN=fs-dagster test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        work,
+    )  # fmt: skip
+    passwords = credentials["tls"]
+    issue_certificate(
+        work,
+        "server",
+        "/CN=localhost",
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        f"subjectAltName=IP:{HOST},DNS:localhost\n",
+        passwords["server_key_password"],
+    )
+    issue_certificate(
+        work,
+        "client",
+        "/CN=fs-dagster-test-client",
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n",
+        passwords["client_key_password"],
+    )
+    # Kafka's PEM key store: the private key, then the certificate chain.
+    keystore = "".join((work / n).read_text() for n in ("server.key", "server.pem", "ca.pem"))
+    write_private(work / "server-keystore.pem", keystore)
+    (work / "server.key").unlink()
+    (work / "ca.key").unlink()  # nothing is signed later: a new CA comes with new files
+    shutil.rmtree(tls, ignore_errors=True)
+    work.rename(tls)
+    say(f"kafka: made a test CA and certificates in {tls}")
+    return tls
+
+
+def secured_listener_properties(
+    layout: Layout, ports: Ports, credentials: dict[str, Any]
+) -> dict[str, str]:
+    """``server.properties`` entries of the SASL_PLAINTEXT, SASL_SSL and SSL listeners."""
+    tls = ensure_kafka_tls(layout, credentials)
+    plain = credentials["users"]["PLAIN"]
+    plain_jaas = f'{PLAIN_LOGIN_MODULE} required user_{plain["username"]}="{plain["password"]}";'
+    properties: dict[str, str] = {
+        "sasl.enabled.mechanisms": ",".join(KAFKA_SASL_MECHANISMS),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(tls / "server-keystore.pem"),
+        "ssl.key.password": credentials["tls"]["server_key_password"],
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(tls / "ca.pem"),
+        "listener.name.ssl.ssl.client.auth": "required",
+    }
+    for listener in ("sasl_plaintext", "sasl_ssl"):
+        prefix = f"listener.name.{listener}."
+        properties[prefix + "sasl.enabled.mechanisms"] = ",".join(KAFKA_SASL_MECHANISMS)
+        properties[prefix + "plain.sasl.jaas.config"] = plain_jaas
+        for mechanism in ("scram-sha-256", "scram-sha-512"):
+            properties[prefix + f"{mechanism}.sasl.jaas.config"] = f"{SCRAM_LOGIN_MODULE} required;"
+    return properties
+
+
+def kafka_listeners(ports: Ports) -> dict[str, int]:
+    """Listener name -> port; the name is also its security protocol (but CONTROLLER)."""
+    return {
+        "PLAINTEXT": ports.kafka,
+        "SASL_PLAINTEXT": ports.kafka_sasl,
+        "SASL_SSL": ports.kafka_sasl_ssl,
+        "SSL": ports.kafka_ssl,
+    }
+
+
 def prepare_kafka(layout: Layout, ports: Ports) -> list[str]:
     layout.conf.mkdir(parents=True, exist_ok=True)
     layout.data.mkdir(parents=True, exist_ok=True)
+    layout.log.parent.mkdir(parents=True, exist_ok=True)  # formatting logs there
+    for port in kafka_listeners(ports).values():
+        if port_open(port):
+            raise ServiceError(
+                f"kafka: port {HOST}:{port} is taken by another process; stop it or choose "
+                "other ports (FS_KAFKA_PORT, FS_KAFKA_SASL_PORT, FS_KAFKA_SASL_SSL_PORT, "
+                "FS_KAFKA_SSL_PORT)"
+            )
+    credentials = kafka_credentials(layout)
+    listeners = kafka_listeners(ports)
+    advertised = ",".join(f"{name}://{HOST}:{port}" for name, port in listeners.items())
+    protocols = ",".join(f"{name}:{name}" for name in listeners)
     # A static voter set keeps working if the controller port changes between runs; a
     # dynamic one (format --standalone) stores the controller's endpoint in the log.
     properties = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{ports.kafka_controller}",
-        "listeners": f"PLAINTEXT://{HOST}:{ports.kafka},CONTROLLER://{HOST}:{ports.kafka_controller}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{ports.kafka}",
+        "listeners": f"{advertised},CONTROLLER://{HOST}:{ports.kafka_controller}",
+        "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": f"{protocols},CONTROLLER:PLAINTEXT",
         "log.dirs": str(layout.data),
         "num.partitions": "1",
         "auto.create.topics.enable": "true",
@@ -483,9 +764,11 @@ def prepare_kafka(layout: Layout, ports: Ports) -> list[str]:
         "group.initial.rebalance.delay.ms": "0",
         "num.network.threads": "2",
         "num.io.threads": "4",
+        **secured_listener_properties(layout, ports, credentials),
     }
     server_properties = layout.conf / "server.properties"
-    server_properties.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+    # It holds the PLAIN user's and the TLS key's passwords.
+    write_private(server_properties, "".join(f"{k}={v}\n" for k, v in properties.items()))
     log4j2 = layout.conf / "log4j2.properties"
     log4j2.write_text(KAFKA_LOG4J2)
     java = java_executable()
@@ -546,6 +829,112 @@ def probe_kafka(ports: Ports) -> bool:
     except Exception:
         return False
     return True
+
+
+def kafka_client_config(
+    layout: Layout, ports: Ports, listener: str, mechanism: str | None = None
+) -> dict[str, Any]:
+    """confluent-kafka settings to log in as a test user on one of the listeners."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": f"{HOST}:{kafka_listeners(ports)[listener]}",
+        "broker.address.family": "v4",
+        "security.protocol": listener,
+        "log_level": 0,
+    }
+    credentials = kafka_credentials(layout)
+    if mechanism is not None:
+        user = credentials["users"][mechanism]
+        config.update(
+            {
+                "sasl.mechanisms": mechanism,
+                "sasl.username": user["username"],
+                "sasl.password": user["password"],
+            }
+        )
+    if "SSL" in listener:
+        tls = credentials["tls"]
+        config["ssl.ca.location"] = str(layout.home / tls["ca"])
+        if listener == "SSL":
+            config["ssl.certificate.location"] = str(layout.home / tls["client_certificate"])
+            config["ssl.key.location"] = str(layout.home / tls["client_key"])
+            config["ssl.key.password"] = tls["client_key_password"]
+    return config
+
+
+def upsert_scram_users(layout: Layout, ports: Ports) -> None:
+    """Create or update the SCRAM users (idempotent), through the PLAINTEXT listener."""
+    # Public names of confluent_kafka.admin that its type hints do not re-export.
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialAlteration,
+        UserScramCredentialUpsertion,
+    )
+
+    users = kafka_credentials(layout)["users"]
+    mechanisms = {
+        "SCRAM-SHA-256": ScramMechanism.SCRAM_SHA_256,
+        "SCRAM-SHA-512": ScramMechanism.SCRAM_SHA_512,
+    }
+    upserts: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(
+            users[name]["username"],
+            ScramCredentialInfo(mechanism, SCRAM_ITERATIONS),
+            users[name]["password"].encode(),
+        )
+        for name, mechanism in mechanisms.items()
+    ]
+    admin = AdminClient(kafka_client_config(layout, ports, "PLAINTEXT"))
+    for user, future in admin.alter_user_scram_credentials(upserts, request_timeout=30).items():
+        try:
+            future.result()
+        except Exception as exc:
+            raise ServiceError(f"kafka: creating the SCRAM user {user} failed: {exc}") from exc
+
+
+def login_problem(layout: Layout, ports: Ports, listener: str, mechanism: str | None) -> str:
+    """Why a test user cannot log in on ``listener`` (empty when it can)."""
+    from confluent_kafka.admin import AdminClient
+
+    errors: list[str] = []
+    config = kafka_client_config(layout, ports, listener, mechanism)
+    config["error_cb"] = lambda error: errors.append(str(error))
+    try:
+        AdminClient(config).list_topics(timeout=5)
+    except Exception as exc:
+        return "; ".join([*errors[-2:], str(exc)])
+    return ""
+
+
+def secure_kafka(layout: Layout, ports: Ports) -> None:
+    """Check the secured listeners, create the SCRAM users and check that each logs in."""
+    secured = {k: v for k, v in kafka_listeners(ports).items() if k != "PLAINTEXT"}
+    deadline = time.monotonic() + SECURED_LISTENERS_WAIT_S
+    while closed := [f"{name} {port}" for name, port in secured.items() if not port_open(port)]:
+        if time.monotonic() >= deadline:
+            raise ServiceError(
+                f"kafka: the broker answers on {HOST}:{ports.kafka} but not on "
+                f"{', '.join(closed)}: it was started without these listeners (by an "
+                "older services.py, or with other FS_KAFKA_*_PORT values); restart it: "
+                "scripts/services.sh stop kafka && scripts/services.sh start kafka"
+            )
+        time.sleep(0.5)
+    upsert_scram_users(layout, ports)
+    logins = [
+        *(("SASL_PLAINTEXT", m) for m in KAFKA_SASL_MECHANISMS),
+        *(("SASL_SSL", m) for m in KAFKA_SASL_MECHANISMS),
+        ("SSL", None),
+    ]
+    for listener, mechanism in logins:
+        # SCRAM credentials reach the broker through the metadata log: allow a moment.
+        while problem := login_problem(layout, ports, listener, mechanism):
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    f"kafka: the test user of {mechanism or 'mutual TLS'} cannot log in on "
+                    f"{listener} {HOST}:{kafka_listeners(ports)[listener]}: {problem}"
+                )
+            time.sleep(0.5)
 
 
 # Cassandra --------------------------------------------------------------------------
@@ -755,7 +1144,7 @@ def s3_env() -> dict[str, str]:
 
 
 SERVICE_SPECS: dict[str, Service] = {
-    "kafka": Service("kafka", 60.0, prepare_kafka, probe_kafka),
+    "kafka": Service("kafka", 60.0, prepare_kafka, probe_kafka, after_ready=secure_kafka),
     "cassandra": Service("cassandra", 180.0, prepare_cassandra, probe_cassandra),
     "s3": Service("s3", 60.0, prepare_s3, probe_s3, env=s3_env),
 }
@@ -789,6 +1178,8 @@ def check_ready(pending: Pending, ports: Ports) -> bool:
         layout.pid_file.unlink(missing_ok=True)
         raise ServiceError(fail_message(pending, "the process exited during startup"))
     if spec.probe(ports):
+        if spec.after_ready is not None:
+            spec.after_ready(layout, ports)
         elapsed = time.monotonic() - pending.started
         say(f"{spec.name}: ready on {HOST}:{ports.client_port(spec.name)} in {elapsed:.1f} s")
         return True
@@ -849,6 +1240,8 @@ def cmd_start(names: Sequence[str]) -> int:
                     if name == "cassandra":
                         warn_if_auth_differs(layout)
                     if spec.probe(ports):
+                        if spec.after_ready is not None:
+                            spec.after_ready(layout, ports)
                         say(f"{name}: already running (pid {pid})")
                         continue
                     say(f"{name}: running (pid {pid}) but not ready yet; waiting")

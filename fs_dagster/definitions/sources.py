@@ -21,12 +21,12 @@ from types import MappingProxyType
 from typing import Literal
 
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
+from fs_dagster.definitions.kafka_auth import KafkaAuthentication, check_authentication
 from fs_dagster.definitions.names import (
     identifier_problem,
     source_name_problem,
     view_name_collision,
 )
-from fs_dagster.definitions.secrets import Secret, SecretLike, as_secret
 
 __all__ = [
     "KAFKA_METADATA_COLUMNS",
@@ -35,9 +35,7 @@ __all__ = [
     "DataSource",
     "FileSource",
     "KafkaSource",
-    "SaslAuth",
     "SourceRegistry",
-    "SslAuth",
     "check_distinct_sources",
     "default_sources",
     "find_source",
@@ -55,66 +53,6 @@ _BATCH_FORMATS: tuple[str, ...] = ("parquet", "delta", "csv", "json")
 # Formats whose files do not carry their own schema.
 _SCHEMALESS_FORMATS: tuple[str, ...] = ("csv", "json")
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-@dataclass(frozen=True)
-class SaslAuth:
-    """SASL authentication to Kafka (``PLAIN`` or ``SCRAM``), over TLS by default.
-
-    Attributes:
-        username: SASL user.
-        password: the password, a :class:`Secret` (``Secret.from_env("KAFKA_PASSWORD")``)
-            or a plain string; never printed.
-        mechanism: ``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``.
-        ssl: ``True`` for ``SASL_SSL``, ``False`` for ``SASL_PLAINTEXT``.
-        ca_location: CA bundle to verify the brokers (PEM path) when ``ssl`` is on.
-    """
-
-    username: str
-    password: SecretLike
-    mechanism: str = "PLAIN"
-    ssl: bool = True
-    ca_location: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "password", as_secret(self.password))
-        if self.mechanism not in _SASL_MECHANISMS:
-            raise FeatureSetDefinitionError(
-                None,
-                "auth.mechanism",
-                f"'{self.mechanism}' is not supported; use one of {', '.join(_SASL_MECHANISMS)}",
-                kind="Kafka source",
-            )
-
-    @property
-    def secret(self) -> Secret:
-        """The password as a :class:`Secret`."""
-        assert isinstance(self.password, Secret)
-        return self.password
-
-
-@dataclass(frozen=True)
-class SslAuth:
-    """TLS to Kafka, optionally with a client certificate (mutual TLS).
-
-    Attributes:
-        ca_location: CA bundle (PEM) that signs the brokers' certificates.
-        certificate_location: client certificate (PEM) for mutual TLS.
-        key_location: client private key (PEM).
-        key_password: password of the private key; never printed.
-    """
-
-    ca_location: str | None = None
-    certificate_location: str | None = None
-    key_location: str | None = None
-    key_password: SecretLike | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key_password", as_secret(self.key_password))
-
-
-KafkaAuth = SaslAuth | SslAuth
 
 
 def _check_name(name: object, kind: str) -> None:
@@ -157,7 +95,8 @@ class KafkaSource:
         schema: the value's schema as a Spark DDL string.
         starting_offsets: where a new checkpoint starts: ``earliest``, ``latest`` or
             Spark's JSON offsets.
-        auth: :class:`SaslAuth` or :class:`SslAuth`, or ``None`` for plaintext.
+        auth_configuration: :class:`~fs_dagster.SaslAuthentication` or
+            :class:`~fs_dagster.SslAuthentication`, or ``None`` for plaintext.
         options: further Spark Kafka source options (``kafka.*`` client settings,
             ``maxOffsetsPerTrigger``, ...).
     """
@@ -170,7 +109,7 @@ class KafkaSource:
     topic_pattern: str | None = None
     value_format: KafkaValueFormat = "json"
     starting_offsets: str = "earliest"
-    auth: KafkaAuth | None = None
+    auth_configuration: KafkaAuthentication | None = None
     options: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -203,10 +142,7 @@ class KafkaSource:
                 kind=kind,
             )
         _check_schema(self.name, self.schema, kind)
-        if self.auth is not None and not isinstance(self.auth, SaslAuth | SslAuth):
-            raise FeatureSetDefinitionError(
-                self.name, "auth", "expected SaslAuth, SslAuth or None", kind=kind
-            )
+        check_authentication(self.name, self.auth_configuration, kind)
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         default_sources.register(self)
 

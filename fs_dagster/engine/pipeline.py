@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -45,11 +45,17 @@ from fs_dagster.engine.computation import (
     to_micros,
 )
 from fs_dagster.engine.encoding import online_kind
+from fs_dagster.engine.sinks import (
+    KafkaSinkWriter,
+    OfflineWindowVectors,
+    OnlineWindowVectors,
+    RowVectors,
+    SinkVectors,
+)
 from fs_dagster.engine.sources import ERROR_COLUMN, read_source, user_columns
 from fs_dagster.engine.transform import apply_transformation, feature_fields, output_schema
 from fs_dagster.engine.writers import (
     DeadLetters,
-    KafkaSinkWriter,
     OfflineRows,
     OfflineTiles,
     OnlineRows,
@@ -95,6 +101,7 @@ class BatchReport:
         watermark: the batch's watermark (aggregated feature sets, online).
         set_aside: events outside the range the trigger owns (before a backfill's
             ``end_date`` for the streams), kept in the late-events table.
+        sink_messages: messages published per auxiliary sink name.
     """
 
     pipeline: str
@@ -111,6 +118,7 @@ class BatchReport:
     late_events: int = 0
     watermark: datetime | None = None
     set_aside: int = 0
+    sink_messages: Mapping[str, int] = field(default_factory=dict)
 
 
 def online_table(feature_set: FeatureSet, schema: StructType) -> OnlineTable:
@@ -165,6 +173,7 @@ def report(
         late_events=sum(o.late_events for o in outcomes),
         set_aside=sum(o.set_aside for o in outcomes),
         watermark=(datetime.fromtimestamp(watermarks[0] / 1e6, UTC) if watermarks else None),
+        sink_messages={name: n for o in outcomes for name, n in o.sink_messages.items()},
     )
 
 
@@ -259,11 +268,42 @@ def stream_writers(
         if aggregation is not None:
             writers.append(OfflineTiles(plan, aggregation))
     writers += [
-        KafkaSinkWriter(feature_set, sink)
+        KafkaSinkWriter(
+            feature_set,
+            sink,
+            sink_vectors(
+                feature_set,
+                plan,
+                pipeline,
+                schema=schema,
+                online_store=online_store,
+                aggregation=aggregation,
+            ),
+        )
         for sink in feature_set.auxiliary_sinks
         if sink.pipeline == pipeline
     ]
     return writers
+
+
+def sink_vectors(
+    feature_set: FeatureSet,
+    plan: StoragePlan,
+    pipeline: Pipeline,
+    *,
+    schema: StructType,
+    online_store: OnlineStore | None,
+    aggregation: AggregationPlan | None,
+) -> SinkVectors:
+    """What a sink attached to ``pipeline`` publishes: feature rows, or window values of
+    the keys a batch updated (read back from the tiles this pipeline writes)."""
+    if aggregation is None:
+        return RowVectors(feature_set, [name for name, _ in feature_fields(feature_set, schema)])
+    if pipeline == "online":
+        if online_store is None:
+            raise ValueError("online ingestion needs an online store")
+        return OnlineWindowVectors(feature_set, online_store, aggregation)
+    return OfflineWindowVectors(feature_set, plan, aggregation)
 
 
 def _check_single_source(feature_set: FeatureSet) -> None:

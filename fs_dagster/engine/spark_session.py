@@ -83,8 +83,13 @@ def spark_conf(settings: SparkSettings) -> dict[str, str]:
         "spark.ui.enabled": str(settings.ui_enabled).lower(),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
-        # Secrets in the environment tab of the UI and in logs are redacted by this pattern.
-        "spark.redaction.regex": "(?i)secret|password|token|access[.]key|sasl[.]jaas",
+        # Spark redacts any setting whose key or value matches this pattern: in the UI's
+        # environment tab, in logs (the Kafka connector's included) and, besides
+        # spark.sql.redaction.options.regex, in the data source options plans show.
+        # keystore.key: a Kafka client's private key, passed inline; PRIVATE KEY: a PEM key.
+        "spark.redaction.regex": (
+            "(?i)secret|password|token|access[.]key|sasl[.]jaas|keystore[.]key|PRIVATE KEY"
+        ),
         "spark.driver.extraJavaOptions": "-Dio.netty.tryReflectionSetAccessible=true",
     }
     if settings.master.startswith("local"):

@@ -13,13 +13,13 @@ destination idempotently and says what it did in an :class:`Outcome`:
 | :class:`SeedOnlineTiles` | the online tiles of a backfilled range, written whole |
 | :class:`OfflineRows` | the offline feature table (Delta) |
 | :class:`OfflineTiles` | the offline tile partials (Delta), every event counted |
-| :class:`KafkaSinkWriter` | an auxiliary Kafka topic |
+| :class:`~fs_dagster.engine.sinks.KafkaSinkWriter` | an auxiliary Kafka topic |
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any, Protocol
@@ -29,7 +29,6 @@ from pyspark.sql import functions as F  # noqa: N812
 
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
-from fs_dagster.definitions.sinks import KafkaSink
 from fs_dagster.definitions.sources import KafkaSource
 from fs_dagster.engine.aggregates import apply_partials, encode_partials, tile_partials
 from fs_dagster.engine.computation import BatchContext, Computed, EventRange, event_micros
@@ -38,7 +37,6 @@ from fs_dagster.engine.sources import (
     ERROR_COLUMN,
     PAYLOAD_COLUMN,
     POSITION_COLUMN,
-    kafka_client_options,
     parse_schema,
 )
 from fs_dagster.planning.plan import EVENT_DATE_COLUMN, StoragePlan
@@ -52,7 +50,6 @@ from fs_dagster.stores.online.base import (
 
 __all__ = [
     "DeadLetters",
-    "KafkaSinkWriter",
     "OfflineRows",
     "OfflineTiles",
     "OnlineRows",
@@ -77,6 +74,7 @@ class Outcome:
     set_aside: int = 0
     dead_letters: int = 0
     watermark: int | None = None
+    sink_messages: Mapping[str, int] = field(default_factory=dict)
 
 
 class Writer(Protocol):
@@ -480,28 +478,4 @@ class OfflineTiles:
         partials = encode_partials(tile_partials(computed.rows, self.aggregation), self.aggregation)
         partials = partials.withColumn("batch_id", F.lit(ctx.version).cast("long"))
         write_delta(partials, self.plan.tiles_path, delta_mode(ctx, "tiles", self._predicate))
-        return Outcome()
-
-
-class KafkaSinkWriter:
-    """Feature rows to an auxiliary Kafka topic (at least once)."""
-
-    def __init__(self, feature_set: FeatureSet, sink: KafkaSink) -> None:
-        self.feature_set = feature_set
-        self.sink = sink
-
-    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
-        if not computed.row_count:
-            return Outcome()
-        rows = computed.rows
-        records = rows.select(
-            _key_json(self.feature_set).alias("key"),
-            F.to_json(F.struct(*[F.col(c) for c in rows.columns])).alias("value"),
-        )
-        writer = records.write.format("kafka").option("topic", self.sink.topic)
-        for key, value in kafka_client_options(self.sink.bootstrap_servers, self.sink.auth).items():
-            writer = writer.option(key, value)
-        for key, value in self.sink.options.items():
-            writer = writer.option(key, value)
-        writer.save()
         return Outcome()

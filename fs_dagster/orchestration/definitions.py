@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dagster import (
+    AssetKey,
     AssetSpec,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -17,22 +18,20 @@ from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sources import BatchSource, DataSource, KafkaSource
 from fs_dagster.orchestration.naming import (
     metadata_key,
-    online_asset_key,
     source_asset_key,
 )
 from fs_dagster.orchestration.offline import (
     build_offline_asset,
     build_offline_schedule,
-    feature_set_metadata,
-    owners,
 )
-from fs_dagster.orchestration.online import build_online_job, build_supervisor_sensor
+from fs_dagster.orchestration.online import build_online_asset, build_supervisor_sensor
 from fs_dagster.orchestration.ranged import (
     build_backfill_asset,
     build_batch_asset,
     build_batch_schedule,
 )
 from fs_dagster.orchestration.resources import FeatureStoreResource
+from fs_dagster.orchestration.sinks import chained_sinks, sink_spec
 
 __all__ = ["build_definitions", "check_unique_names"]
 
@@ -56,7 +55,7 @@ def check_unique_names(feature_sets: Sequence[FeatureSet]) -> None:
         seen[feature_set.storage_name] = feature_set.name
 
 
-def _source_spec(source: DataSource | BatchSource) -> AssetSpec:
+def _source_spec(source: DataSource | BatchSource, upstream: list[AssetKey]) -> AssetSpec:
     if isinstance(source, KafkaSource):
         _, topics = source.subscription
         description = f"Kafka {source.subscription[0]} {topics} on {source.bootstrap_servers}"
@@ -69,25 +68,12 @@ def _source_spec(source: DataSource | BatchSource) -> AssetSpec:
         kinds = {"file"}
     return AssetSpec(
         key=source_asset_key(source),
+        # A topic another feature set's sink writes: the chain shows in the asset graph.
+        deps=upstream,
         description=description,
         kinds=kinds,
         group_name="sources",
         metadata={metadata_key("schema"): source.schema or "as stored"},
-    )
-
-
-def _online_spec(feature_set: FeatureSet, store_kind: str) -> AssetSpec:
-    return AssetSpec(
-        key=online_asset_key(feature_set),
-        deps=[source_asset_key(s) for s in feature_set.data_sources],
-        description=(
-            f"Latest feature vector per key of '{feature_set.name}', kept current by the "
-            "online ingestion run"
-        ),
-        group_name=feature_set.storage_name,
-        kinds={"spark", store_kind},
-        metadata=feature_set_metadata(feature_set),
-        owners=owners(feature_set),
     )
 
 
@@ -112,9 +98,10 @@ def build_definitions(
 
     Per streaming feature set: an offline asset materialized on its cron schedule, an
     external asset for its online table, a job that runs online ingestion until stopped
-    and a sensor that keeps one such run going, and with a backfill a daily-partitioned
-    backfill asset. Per batch feature set: an offline asset partitioned on its cron and
-    the schedule that materializes each closed partition. Source topics, directories
+    and a sensor that keeps one such run going, with a backfill a daily-partitioned
+    backfill asset, and an asset per auxiliary sink topic. Per batch feature set: an
+    offline asset partitioned on its cron and the schedule that materializes each closed
+    partition. Source topics, directories
     and batch tables become external assets upstream.
 
     Args:
@@ -136,7 +123,6 @@ def build_definitions(
     check_unique_names(feature_sets)
     sources: dict[str, AssetSpec] = {}
     assets: list[object] = []
-    jobs = []
     sensors = []
     schedules = []
     sensor_status = (
@@ -147,21 +133,22 @@ def build_definitions(
     )
     for feature_set in feature_sets:
         for source in _sources(feature_set):
-            sources.setdefault(source.name, _source_spec(source))
+            sources.setdefault(
+                source.name, _source_spec(source, chained_sinks(source, feature_sets))
+            )
         if feature_set.kind == "batch":
             assets.append(build_batch_asset(feature_set))
             schedules.append(build_batch_schedule(feature_set, schedule_status))
             continue
         assets.append(build_offline_asset(feature_set))
-        assets.append(_online_spec(feature_set, feature_store.online_store_kind))
+        assets.append(build_online_asset(feature_set, feature_store.online_store_kind))
+        assets += [sink_spec(feature_set, sink) for sink in feature_set.auxiliary_sinks]
         if feature_set.backfill is not None:
             assets.append(build_backfill_asset(feature_set))
-        online_job = build_online_job(feature_set)
-        jobs.append(online_job)
+        # Its job (materializing the online asset) comes with it.
         sensors.append(
             build_supervisor_sensor(
                 feature_set,
-                online_job,
                 minimum_interval_seconds=supervisor_interval_seconds,
                 heartbeat_timeout_seconds=heartbeat_timeout_seconds,
                 default_status=sensor_status,
@@ -170,7 +157,6 @@ def build_definitions(
         schedules.append(build_offline_schedule(feature_set, schedule_status))
     return Definitions(
         assets=[*sources.values(), *assets],  # type: ignore[list-item]
-        jobs=jobs,
         sensors=sensors,
         schedules=schedules,
         resources={"feature_store": feature_store, "pyspark": pyspark},

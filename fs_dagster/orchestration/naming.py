@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import AssetKey
 
 from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.definitions.sinks import KafkaSink
 from fs_dagster.definitions.sources import AnySource
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "offline_job_name",
     "online_asset_key",
     "online_job_name",
+    "sink_asset_key",
     "source_asset_key",
     "supervisor_sensor_name",
 ]
@@ -59,3 +61,8 @@ def offline_job_name(feature_set: FeatureSet) -> str:
 def supervisor_sensor_name(feature_set: FeatureSet) -> str:
     """The sensor that starts and restarts online ingestion."""
     return f"{feature_set.storage_name}__online_supervisor"
+
+
+def sink_asset_key(feature_set: FeatureSet, sink: KafkaSink) -> AssetKey:
+    """The (external) asset of an auxiliary sink's topic, downstream of its feature set."""
+    return AssetKey([feature_set.storage_name, "sinks", sink.name])

@@ -25,6 +25,7 @@ from fs_dagster.orchestration.naming import (
     source_asset_key,
 )
 from fs_dagster.orchestration.resources import FeatureStoreResource, run_spark_session
+from fs_dagster.orchestration.sinks import sink_observations
 
 __all__ = ["build_offline_asset", "build_offline_schedule", "feature_set_metadata", "owners"]
 
@@ -107,6 +108,8 @@ def build_offline_asset(feature_set: FeatureSet) -> AssetsDefinition:
         context.log.info(
             f"offline ingestion of '{feature_set.name}': {len(ingestion.reports)} batches"
         )
+        for observation in sink_observations(feature_set, "offline", ingestion.reports):
+            context.log_event(observation)
         return MaterializeResult(metadata=_run_metadata(ingestion.reports, plan.features_path))
 
     return offline_features

@@ -12,26 +12,30 @@ failure, a cancellation, or a heartbeat gone stale, which it first marks failed.
 
 import queue
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
+    AssetExecutionContext,
     AssetMaterialization,
+    AssetsDefinition,
+    AssetSpec,
     Config,
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
     Failure,
-    JobDefinition,
+    MaterializeResult,
     MetadataValue,
-    OpExecutionContext,
     RunRequest,
     RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
-    job,
-    op,
+    define_asset_job,
+    multi_asset,
     sensor,
 )
 from dagster_pyspark import LazyPySparkResource
@@ -46,9 +50,12 @@ from fs_dagster.orchestration.naming import (
     metadata_key,
     online_asset_key,
     online_job_name,
+    source_asset_key,
     supervisor_sensor_name,
 )
+from fs_dagster.orchestration.offline import feature_set_metadata, owners
 from fs_dagster.orchestration.resources import FeatureStoreResource, run_spark_session
+from fs_dagster.orchestration.sinks import failure_observations, sink_observations
 
 # Dagster's run tags and unfinished statuses, by value: their constants live in private
 # modules (``dagster._core``) that change without notice.
@@ -63,7 +70,11 @@ NOT_FINISHED_STATUSES = [
     DagsterRunStatus.NOT_STARTED,
 ]
 
-__all__ = ["OnlineIngestionConfig", "build_online_job", "build_supervisor_sensor"]
+__all__ = [
+    "OnlineIngestionConfig",
+    "build_online_asset",
+    "build_supervisor_sensor",
+]
 
 
 class OnlineIngestionConfig(Config):
@@ -131,7 +142,7 @@ def _drain(reports: queue.Queue[BatchReport], into: list[BatchReport]) -> None:
 
 
 def _report(
-    context: OpExecutionContext,
+    context: AssetExecutionContext,
     feature_set: FeatureSet,
     ingestion: IngestionQuery,
     pending: list[BatchReport],
@@ -144,11 +155,13 @@ def _report(
             metadata=_summary(pending, ingestion.query.lastProgress),
         )
     )
+    for observation in sink_observations(feature_set, "online", pending):
+        context.log_event(observation)
     return len(pending)
 
 
 def _run_until_stopped(
-    context: OpExecutionContext,
+    context: AssetExecutionContext,
     ingestion: IngestionQuery,
     reports: queue.Queue[BatchReport],
     config: OnlineIngestionConfig,
@@ -189,20 +202,45 @@ def _run_until_stopped(
     return total_batches
 
 
-def build_online_job(feature_set: FeatureSet) -> JobDefinition:
-    """The job that runs ``feature_set``'s online ingestion until stopped."""
+def build_online_asset(feature_set: FeatureSet, store_kind: str) -> AssetsDefinition:
+    """The online store asset, whose materialization is the run that keeps it current.
 
-    @op(
+    The run does not end by itself: it reports a materialization every
+    ``report_every_seconds`` while it ingests. Being the asset's own computation (rather
+    than an unrelated job), the supervisor sensor that launches it shows on the asset.
+    """
+    sensor_name = supervisor_sensor_name(feature_set)
+    spec = AssetSpec(
+        key=online_asset_key(feature_set),
+        deps=[source_asset_key(s) for s in feature_set.data_sources],
+        description=(
+            f"Latest feature vector per key of '{feature_set.name}', kept current by the "
+            f"online ingestion run that the sensor '{sensor_name}' keeps running"
+        ),
+        group_name=feature_set.storage_name,
+        kinds={"spark", store_kind},
+        metadata={
+            **feature_set_metadata(feature_set),
+            metadata_key("supervised_by"): sensor_name,
+            metadata_key("ingestion_job"): online_job_name(feature_set),
+        },
+        owners=owners(feature_set),
+        # Materializations are reported while the run goes on, none at its end.
+        skippable=True,
+    )
+
+    @multi_asset(
+        specs=[spec],
         name=f"{feature_set.storage_name}__online_ingestion_op",
         description=f"Continuous online ingestion of '{feature_set.name}'.",
-        tags={"kind": "spark"},
+        op_tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
     )
     def online_ingestion(
-        context: OpExecutionContext,
+        context: AssetExecutionContext,
         config: OnlineIngestionConfig,
         feature_store: FeatureStoreResource,
         pyspark: LazyPySparkResource,
-    ) -> None:
+    ) -> Iterator[MaterializeResult[None]]:
         reports: queue.Queue[BatchReport] = queue.Queue()
         spark = run_spark_session(
             pyspark, feature_set.execution_specification.online_cluster_template
@@ -227,16 +265,9 @@ def build_online_job(feature_set: FeatureSet) -> JobDefinition:
         context.log.info(
             f"online ingestion of '{feature_set.name}' stopped after {batches} batches"
         )
+        yield from ()
 
-    @job(
-        name=online_job_name(feature_set),
-        description=f"Runs online ingestion of '{feature_set.name}' until stopped.",
-        tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
-    )
-    def online_job() -> None:
-        online_ingestion()
-
-    return online_job
+    return online_ingestion
 
 
 def _last_attempt(instance: DagsterInstance, job_name: str, sensor_name: str, prefix: str) -> int:
@@ -249,9 +280,23 @@ def _last_attempt(instance: DagsterInstance, job_name: str, sensor_name: str, pr
     return int(number) if number.isdigit() else 0
 
 
+#: How many failed runs a failure observation lists.
+_FAILED_RUNS_SHOWN = 10
+
+
+def _failed_runs(instance: DagsterInstance, job_name: str) -> dict[str, str]:
+    """The latest failed or canceled runs of ``job_name``, oldest first (id → what)."""
+    runs = instance.get_runs(
+        filters=RunsFilter(
+            job_name=job_name, statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+        ),
+        limit=_FAILED_RUNS_SHOWN,
+    )
+    return {run.run_id: f"run {run.run_id} {run.status.value}" for run in reversed(runs)}
+
+
 def build_supervisor_sensor(
     feature_set: FeatureSet,
-    online_job: JobDefinition,
     *,
     minimum_interval_seconds: int = 15,
     heartbeat_timeout_seconds: float | None = None,
@@ -261,7 +306,6 @@ def build_supervisor_sensor(
 
     Args:
         feature_set: the feature set.
-        online_job: its online ingestion job.
         minimum_interval_seconds: how often the sensor looks.
         heartbeat_timeout_seconds: a started run whose heartbeat is older than this is
             marked failed and replaced; default ``max(120, 10 x trigger interval)``.
@@ -269,10 +313,17 @@ def build_supervisor_sensor(
     """
     timeout = heartbeat_timeout_seconds or max(120.0, 10 * feature_set.online_trigger_interval)
     prefix = f"{feature_set.storage_name}-online-"
+    job_name = online_job_name(feature_set)
 
     @sensor(
         name=supervisor_sensor_name(feature_set),
-        job=online_job,
+        # The job materializing the online asset: the sensor shows on that asset.
+        job=define_asset_job(
+            job_name,
+            selection=[online_asset_key(feature_set)],
+            description=f"Runs online ingestion of '{feature_set.name}' until stopped.",
+            tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
+        ),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description=(
@@ -280,10 +331,10 @@ def build_supervisor_sensor(
             "it after a failure, a cancellation or a stale heartbeat."
         ),
     )
-    def supervise(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+    def supervise(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         instance = context.instance
         active = instance.get_runs(
-            filters=RunsFilter(job_name=online_job.name, statuses=NOT_FINISHED_STATUSES)
+            filters=RunsFilter(job_name=job_name, statuses=NOT_FINISHED_STATUSES)
         )
         now = datetime.now(UTC)
         for run in active:
@@ -313,12 +364,19 @@ def build_supervisor_sensor(
             context.log.warning(f"run {run.run_id} stopped heartbeating; starting a new one")
         # Run keys deduplicate forever, so the key must be new even if the cursor was lost
         # (a sensor reset): continue after the key of this sensor's latest run.
-        last = _last_attempt(instance, online_job.name, supervisor_sensor_name(feature_set), prefix)
+        last = _last_attempt(instance, job_name, supervisor_sensor_name(feature_set), prefix)
         attempt = max(int(context.cursor or 0), last) + 1
-        context.update_cursor(str(attempt))
-        return RunRequest(
-            run_key=f"{prefix}{attempt}",
-            tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
+        return SensorResult(
+            run_requests=[
+                RunRequest(
+                    run_key=f"{prefix}{attempt}",
+                    tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
+                )
+            ],
+            asset_events=failure_observations(
+                feature_set, "online", _failed_runs(instance, job_name)
+            ),
+            cursor=str(attempt),
         )
 
     return supervise

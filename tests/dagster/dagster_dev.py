@@ -373,7 +373,8 @@ class DagsterDev:
         assert stopped["scheduleState"]["status"] == "STOPPED", stopped
 
     def asset_node(self, asset_key: list[str]) -> dict[str, Any]:
-        """An asset's partition keys and backfill policy."""
+        """An asset's partition keys, backfill policy, and the sensors and schedules that
+        target it (as its page in the UI lists them)."""
         node: dict[str, Any] = self.graphql(ASSET_NODE, key={"path": asset_key})["assetNodeOrError"]
         assert node["__typename"] == "AssetNode", node
         return node
@@ -528,7 +529,11 @@ ASSET_NODE = """
 query ($key: AssetKeyInput!) {
   assetNodeOrError(assetKey: $key) {
     __typename
-    ... on AssetNode { partitionKeys backfillPolicy { policyType maxPartitionsPerRun } }
+    ... on AssetNode {
+      partitionKeys
+      backfillPolicy { policyType maxPartitionsPerRun }
+      targetingInstigators { __typename ... on Sensor { name } ... on Schedule { name } }
+    }
   }
 }
 """

@@ -230,6 +230,9 @@ def test_dagster_dev_keeps_online_ingestion_running(
 
     sensor = dev.sensor(selector)
     assert [t["pipelineName"] for t in sensor["targets"]] == [ONLINE_JOB]
+    # The online asset's page shows the sensor that keeps its run going.
+    online_node = dev.asset_node([STORAGE, "online"])
+    assert {"__typename": "Sensor", "name": SENSOR} in online_node["targetingInstigators"]
     # Declared RUNNING in code, so it runs as soon as the location loads; started
     # explicitly otherwise (as the UI's toggle does).
     dev.start_sensor(selector)

@@ -116,9 +116,11 @@ def test_example_definitions_load(
     assert SOURCE in offline.parent_keys
     assert offline.description == "The latest card transaction of each user, for fraud scoring."
 
-    # Online store: an external asset the ingestion run reports materializations of.
+    # Online store: materialized by the long-running online run (which reports a
+    # materialization while it goes on); its supervisor sensor targets it.
     online = graph.get(ONLINE)
-    assert online.is_external and not online.is_materializable
+    assert online.is_materializable
+    assert online.metadata["fs_dagster/supervised_by"] == f"{STORAGE}__online_supervisor"
     assert online.kinds == {"spark", "sqlite"}
     assert online.owners == ["team:risk-team"]
     assert SOURCE in online.parent_keys
@@ -302,3 +304,32 @@ def test_cassandra_password_never_appears_in_definitions(
     # The run resolves the variable: the resource a run gets does carry it.
     resolved = store.process_config_and_initialize()
     assert resolved.cassandra_password == PASSWORD
+
+
+def test_example_with_kafka_chains_merchant_activity_on_a_sink(
+    load_example: Callable[..., types.ModuleType],
+) -> None:
+    """With Kafka, user-transactions publishes to a topic that merchant-activity reads."""
+    module = load_example(FS_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9092")
+    defs: Definitions = module.defs
+    Definitions.validate_loadable(defs)
+    repo = defs.get_repository_def()
+    graph = repo.asset_graph
+    sink = AssetKey([STORAGE, "sinks", "features_topic"])
+    chained_source = AssetKey(["sources", "user-transaction-features"])
+
+    node = graph.get(sink)
+    assert node.is_external and node.kinds == {"kafka"}
+    assert node.parent_keys == {ONLINE}
+    assert node.metadata["fs_dagster/topic"] == "user-transactions-features"
+    assert node.metadata["fs_dagster/attachment_point"] == "online"
+    assert graph.get(chained_source).parent_keys == {sink}
+    for pipeline in ("online", "offline"):
+        assert chained_source in graph.get(AssetKey(["merchant_activity", pipeline])).parent_keys
+    # The online asset names the sensor that keeps its run going.
+    assert graph.get(ONLINE).metadata["fs_dagster/supervised_by"] == (
+        f"{STORAGE}__online_supervisor"
+    )
+    assert repo.get_sensor_def("merchant_activity__online_supervisor").job_name == (
+        "merchant_activity__online_ingestion"
+    )

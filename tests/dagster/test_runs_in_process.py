@@ -34,7 +34,6 @@ from fs_dagster.orchestration.naming import (
     online_asset_key,
     online_job_name,
 )
-from fs_dagster.orchestration.online import build_online_job
 from tests.integration.scenario import (
     SourceSpec,
     expected_latest,
@@ -161,8 +160,7 @@ def test_online_job_in_process(
 ) -> None:
     project = Project(tmp_path, spark_jars, "dagster-online")
     feature_set = project.feature_set
-    job = build_online_job(feature_set)
-    assert job.name == online_job_name(feature_set)
+    job = project.defs.resolve_job_def(online_job_name(feature_set))
     events = make_events(150, users=9, seed=21)
     batches = [events[:60], events[60:110], events[110:]]
     project.write(batches[0])

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    AssetKey,
+    AssetObservation,
     DagsterEvent,
     DagsterEventType,
     DagsterInstance,
@@ -23,6 +25,7 @@ from dagster import (
     JobDefinition,
     RunRequest,
     SensorDefinition,
+    SensorResult,
     SkipReason,
     build_sensor_context,
     instance_for_test,
@@ -55,7 +58,9 @@ def instance() -> Iterator[DagsterInstance]:
 @pytest.fixture
 def feature_set(tmp_path: Path) -> fs.FeatureSet:
     spec = SourceSpec("file", "card_events", str(tmp_path / "stream"))
-    return transactions_feature_set(spec, "card-spend")
+    # A sink, so that failed runs show on its asset (definitions only: nothing connects).
+    sink = fs.KafkaSink(name="scores", topic="card-scores", bootstrap_servers="127.0.0.1:9092")
+    return transactions_feature_set(spec, "card-spend", auxiliary_sinks=[sink])
 
 
 @pytest.fixture
@@ -74,7 +79,7 @@ def defs(feature_set: fs.FeatureSet, tmp_path: Path) -> Definitions:
 
 @pytest.fixture
 def online_job(defs: Definitions, feature_set: fs.FeatureSet) -> JobDefinition:
-    return defs.get_job_def(online_job_name(feature_set))
+    return defs.resolve_job_def(online_job_name(feature_set))
 
 
 @pytest.fixture
@@ -89,14 +94,20 @@ class Supervisor:
         self.sensor = sensor
         self.instance = instance
         self.cursor: str | None = None
+        self.asset_events: list[object] = []
 
     def tick(self) -> RunRequest | SkipReason:
         context = build_sensor_context(
             instance=self.instance, cursor=self.cursor, sensor_name=self.sensor.name
         )
         result = self.sensor(context)
-        assert isinstance(result, RunRequest | SkipReason), result
-        self.cursor = context.cursor
+        if isinstance(result, SensorResult):
+            self.cursor = result.cursor
+            self.asset_events = list(result.asset_events or [])
+            [request] = result.run_requests or []
+            return request
+        assert isinstance(result, SkipReason), result
+        self.asset_events = []
         return result
 
     def launch(self, job: JobDefinition, request: RunRequest) -> DagsterRun:
@@ -213,6 +224,8 @@ def test_skips_while_a_run_is_queued_or_running_and_restarts_after_failure(
         assert "ingesting" in (skip.skip_message or "")
     assert supervisor.cursor == "1"
 
+    assert supervisor.asset_events == []  # no failure yet, nothing to say of the sink
+
     instance.report_run_failed(run, message="Spark query failed")
     assert _status(instance, run) == DagsterRunStatus.FAILURE
     second = supervisor.tick()
@@ -220,6 +233,12 @@ def test_skips_while_a_run_is_queued_or_running_and_restarts_after_failure(
     assert second.run_key == "card_spend-online-2"
     assert second.run_key != first.run_key
     assert supervisor.cursor == "2"
+    # The sink fed by the online run shows the failure as an observation.
+    [observation] = supervisor.asset_events
+    assert isinstance(observation, AssetObservation)
+    assert observation.asset_key == AssetKey(["card_spend", "sinks", "scores"])
+    assert observation.metadata["fs_dagster/failures"].value == 1
+    assert run.run_id in str(observation.metadata["fs_dagster/failed_runs"].value)
 
 
 def test_restarts_after_cancellation(
@@ -315,7 +334,7 @@ def test_default_heartbeat_timeout_is_ten_trigger_intervals_but_at_least_two_min
     instance: DagsterInstance, feature_set: fs.FeatureSet, online_job: JobDefinition
 ) -> None:
     assert feature_set.online_trigger_interval == 1  # 10 intervals < 120 s: 120 s applies
-    sensor = build_supervisor_sensor(feature_set, online_job)
+    sensor = build_supervisor_sensor(feature_set)
     assert sensor.minimum_interval_seconds == 15
     supervisor = Supervisor(sensor, instance)
     first = supervisor.tick()

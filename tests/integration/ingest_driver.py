@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import fs_dagster as fs
 from fs_dagster import CassandraOnlineStore, OnlineStore, SparkSettings, SqliteOnlineStore
 from fs_dagster.engine import pipeline
 from fs_dagster.engine.spark_session import create_spark_session
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--crash-after-batch", type=int, default=None)
     parser.add_argument("--run-seconds", type=float, default=120)
     parser.add_argument("--aggregated", action="store_true")
+    parser.add_argument("--sink-topic", default=None, help="an online-attached Kafka sink")
+    parser.add_argument("--sink-bootstrap", default=None)
     args = parser.parse_args()
 
     if args.crash_after_batch is not None:
@@ -71,7 +74,12 @@ def main() -> None:
         SparkSettings(master="local[2]", jars=tuple(jars.split(",")), shuffle_partitions=2)
     )
     build = aggregated_feature_set if args.aggregated else transactions_feature_set
-    feature_set = build(SourceSpec.from_json(args.source), args.name)
+    sinks = (
+        [fs.KafkaSink(name="sink", topic=args.sink_topic, bootstrap_servers=args.sink_bootstrap)]
+        if args.sink_topic
+        else []
+    )
+    feature_set = build(SourceSpec.from_json(args.source), args.name, auxiliary_sinks=sinks)
     plan = StoragePlan(feature_set, args.offline_root, args.checkpoint_root)
     store = _online_store(args.online_store) if args.online_store else None
     ingestion = pipeline.start_ingestion(

@@ -11,7 +11,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,7 +74,11 @@ def to_cents(amount: pd.Series) -> pd.Series:
 
 
 def transactions_feature_set(
-    spec: SourceSpec, name: str, *, online_ttl: str | None = None
+    spec: SourceSpec,
+    name: str,
+    *,
+    online_ttl: str | None = None,
+    auxiliary_sinks: Sequence[fs.KafkaSink] = (),
 ) -> fs.FeatureSet:
     """Row-level features per user: amount, cents (pandas UDF), remote flag."""
     source = spec.build()
@@ -93,10 +97,13 @@ def transactions_feature_set(
         timestamp_column_name="ts",
         online_trigger_interval=1,
         online_ttl=online_ttl,
+        auxiliary_sinks=auxiliary_sinks,
     )(transformation)
 
 
-def aggregated_feature_set(spec: SourceSpec, name: str) -> fs.FeatureSet:
+def aggregated_feature_set(
+    spec: SourceSpec, name: str, *, auxiliary_sinks: Sequence[fs.KafkaSink] = ()
+) -> fs.FeatureSet:
     """Windowed aggregates per user over the same events."""
     source = spec.build()
 
@@ -119,6 +126,7 @@ def aggregated_feature_set(spec: SourceSpec, name: str) -> fs.FeatureSet:
         timestamp_column_name="ts",
         online_trigger_interval=1,
         allowed_lateness="1 day",
+        auxiliary_sinks=auxiliary_sinks,
     )(transformation)
 
 
