@@ -5,25 +5,36 @@ Example:
     ...                      offline_root=".fs_dagster/offline", feature_sets=[user_spend])
     ... # doctest: +SKIP
     >>> store.get_online_features("user-spend", ["u1", "u2"])  # doctest: +SKIP
+    >>> store.get_online_features(
+    ...     features=["user-spend.sum_amount_1h", "user-profile.*"], keys=["u1", "u2"]
+    ... )  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal, overload
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
+from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.engine.combined import (
+    CombinedFeatures,
+    KeysLike,
+    OnlineReader,
+    key_rows,
+    online_vectors,
+)
 from fs_dagster.engine.pipeline import BatchReport
+from fs_dagster.engine.training_sets import combined_point_in_time, point_in_time_features
+from fs_dagster.engine.updates import UpdateCallback
 from fs_dagster.planning.plan import StoragePlan
-from fs_dagster.stores.online.base import OnlineStore, OnlineTable
+from fs_dagster.stores.online.base import OnlineStore
 
 __all__ = ["FeatureStore"]
-
-KeysLike = Any
 
 
 class FeatureStore:
@@ -52,8 +63,7 @@ class FeatureStore:
         self.checkpoint_root = checkpoint_root or offline_root.rstrip("/") + "/_checkpoints"
         self._feature_sets = {fs.name: fs for fs in feature_sets}
         self._spark = spark
-        self._layouts: dict[str, OnlineTable] = {}
-        self._plans: dict[str, Any] = {}
+        self._online = OnlineReader(online_store)
 
     def feature_set(self, feature_set_or_name: FeatureSet | str) -> FeatureSet:
         """Resolve a feature set given by object or name."""
@@ -80,31 +90,35 @@ class FeatureStore:
             self._spark = analysis_session()
         return self._spark
 
-    def _layout(self, feature_set: FeatureSet) -> OnlineTable:
-        layout = self._layouts.get(feature_set.name)
-        if layout is None:
-            layout = self.online_store.layout(feature_set.storage_name)
-            if layout is None:
-                raise LookupError(
-                    f"feature set '{feature_set.name}' has no online table yet; "
-                    "start its online ingestion first"
-                )
-            self._layouts[feature_set.name] = layout
-        return layout
+    def _combined(
+        self, features: object, feature_names: Callable[[FeatureSet], Sequence[str]]
+    ) -> CombinedFeatures:
+        """Resolve feature references against the feature sets this store knows."""
+        return CombinedFeatures.resolve(features, self._feature_sets, feature_names)
 
     def get_online_features(
         self,
-        feature_set_or_name: FeatureSet | str,
-        keys: KeysLike,
+        feature_set_or_name: FeatureSet | str | None = None,
+        keys: KeysLike = None,
         *,
+        features: Sequence[str] | str | None = None,
         at: datetime | None = None,
     ) -> pd.DataFrame:
         """The current feature vector of each key, one row per key in the order given.
 
+        Either one feature set (``get_online_features("user-spend", keys)``), or features
+        of several, combined into one vector per key
+        (``get_online_features(features=["user-spend.sum_amount_1h", "user-profile.*"],
+        keys=...)``).
+
         Args:
-            feature_set_or_name: the feature set.
+            feature_set_or_name: the feature set (single-set form).
             keys: one key value, a list of them (single-column keys), a dict or list of
-                dicts of key columns, or a pandas DataFrame with the key columns.
+                dicts of key columns, or a pandas DataFrame with the key columns. With
+                ``features``, the keys hold the key columns of every requested set; the
+                value and tuple forms need every set to have the same key columns.
+            features: references ``"<feature set>.<feature>"`` or ``"<feature set>.*"``
+                of registered feature sets (combined form).
             at: for aggregated feature sets, the read time windows end at (default now;
                 a naive datetime is UTC). Online tiles answer read times back to the
                 retention of the finest tiles a read needs (minutes for second tiles);
@@ -113,53 +127,58 @@ class FeatureStore:
                 so ``at`` is refused there; ``get_offline_features`` serves any time.
 
         Returns:
-            Row-level feature sets: key columns, the event time of the vector, then the
+            Single set, row-level: key columns, the event time of the vector, then the
             features; a key with no vector (never seen, or past the TTL) has nulls.
-            Aggregated feature sets: key columns, the read time, then every window value
+            Single set, aggregated: key columns, the read time, then every window value
             (``count``/``sum`` 0 and the others null for an empty window).
+            Combined: the key columns of all requested sets, one column per requested
+            feature named by its reference (``"user-spend.sum_amount_1h"``), then per
+            set ``"<set>.<timestamp column>"`` (event time of its vector, or read time).
+
+        Raises:
+            FeatureReferenceError: a malformed reference, or an unknown set or feature.
+            ValueError: the keys lack a requested set's key columns (the message names
+                the set and the columns), or ``at`` for a row-level set.
+
+        Example:
+            >>> store.get_online_features(
+            ...     features=["user-spend.sum_amount_1h", "merchant-risk.*"],
+            ...     keys=[{"user_id": "u1", "merchant_id": "m7"}],
+            ... )  # doctest: +SKIP
         """
+        at_micros = None if at is None else _micros(at)
+        if features is not None:
+            if feature_set_or_name is not None:
+                raise ValueError(
+                    "get_online_features: give either a feature set (single-set form) or "
+                    f"features= (combined form), not both; got {feature_set_or_name!r} and "
+                    f"features={features!r}"
+                )
+            combined = self._combined(features, self._online.feature_names)
+            owner = ", ".join(f"'{fs.name}'" for fs in combined.feature_sets)
+            rows = key_rows(keys, combined.key_columns, owner)
+            return online_vectors(self._online, combined, rows, at_micros)
+        if feature_set_or_name is None:
+            raise ValueError(
+                "get_online_features needs a feature set (get_online_features('user-spend', "
+                "keys)) or features=['<feature set>.<feature>', ...]"
+            )
         feature_set = self.feature_set(feature_set_or_name)
         key_tuples = _normalize_keys(feature_set, keys)
-        if feature_set.is_aggregated:
-            from fs_dagster.engine.aggregates import read_aggregates
+        return self._online.read(feature_set, key_tuples, at_micros)
 
-            plan = self._aggregation_plan(feature_set)
-            return read_aggregates(self.online_store, plan, key_tuples, _micros(at))
-        if at is not None:
-            raise ValueError(
-                f"'{feature_set.name}' is row-level: its online store keeps only the latest "
-                "vector per key, so at= cannot be honoured; use get_offline_features with a "
-                "population at that time for a past vector"
-            )
-        return self.online_store.read(self._layout(feature_set), key_tuples)
-
-    def _aggregation_plan(self, feature_set: FeatureSet) -> Any:
-        from fs_dagster.aggregation.plan import AggregationPlan
-
-        cached = self._plans.get(feature_set.name)
-        if cached is not None and cached.feature_set is feature_set:
-            return cached
-        layout = self.online_store.layout(f"{feature_set.storage_name}__tiles")
-        if layout is None:
-            raise LookupError(
-                f"feature set '{feature_set.name}' has no tiles yet; "
-                "start its online ingestion first"
-            )
-        plan = AggregationPlan(
-            feature_set=feature_set,
-            key_kinds={c.name: c.kind for c in layout.keys},
-            column_kinds={c.name: c.kind for c in layout.features},
-        )
-        self._plans[feature_set.name] = plan
-        return plan
+    def _aggregation_plan(self, feature_set: FeatureSet) -> AggregationPlan:
+        # bench/aggregations.py times this step of an online read on its own.
+        return self._online.aggregation_plan(feature_set)
 
     @overload
     def get_offline_features(
         self,
         population: pd.DataFrame | DataFrame,
-        feature_set_or_name: FeatureSet | str,
+        feature_set_or_name: FeatureSet | str | None = ...,
         point_in_time_column: str = ...,
         *,
+        features: Sequence[str] | str | None = ...,
         output: Literal["pandas"] = ...,
     ) -> pd.DataFrame: ...
 
@@ -167,51 +186,87 @@ class FeatureStore:
     def get_offline_features(
         self,
         population: pd.DataFrame | DataFrame,
-        feature_set_or_name: FeatureSet | str,
+        feature_set_or_name: FeatureSet | str | None = ...,
         point_in_time_column: str = ...,
         *,
+        features: Sequence[str] | str | None = ...,
         output: Literal["spark"],
     ) -> DataFrame: ...
 
     def get_offline_features(
         self,
         population: pd.DataFrame | DataFrame,
-        feature_set_or_name: FeatureSet | str,
+        feature_set_or_name: FeatureSet | str | None = None,
         point_in_time_column: str = "timestamp",
         *,
+        features: Sequence[str] | str | None = None,
         output: Literal["pandas", "spark"] = "pandas",
     ) -> pd.DataFrame | DataFrame:
         """Point-in-time correct features for each population row, computed by Spark.
 
+        Either one feature set (``get_offline_features(population, "user-spend")``), or
+        features of several combined into one training set
+        (``get_offline_features(population, features=[...])``).
+
         Args:
             population: rows with the key columns and ``point_in_time_column``.
-            feature_set_or_name: the feature set.
+            feature_set_or_name: the feature set (single-set form).
             point_in_time_column: the population's timestamp column.
+            features: references ``"<feature set>.<feature>"`` or ``"<feature set>.*"``
+                of registered feature sets (combined form).
             output: ``pandas`` (default) or ``spark`` to keep the result distributed.
-        """
-        from fs_dagster.engine.retrieval import point_in_time_join
 
-        feature_set = self.feature_set(feature_set_or_name)
+        Returns:
+            Single set: the population's columns, then the features (and, row-level,
+            the matched event time). Combined: exactly one row per population row (in
+            population order for ``pandas``), the population's columns, one column per
+            requested feature named by its reference, then per set
+            ``"<set>.<timestamp column>"``: the matched row's event time (row-level,
+            null when none matched) or the read time of the windows (aggregated).
+
+        Raises:
+            FeatureReferenceError: a malformed reference, or an unknown set or feature.
+            ValueError: the population lacks a set's key columns or the time column.
+
+        Example:
+            >>> store.get_offline_features(
+            ...     population, features=["user-spend.*", "user-profile.age"]
+            ... )  # doctest: +SKIP
+        """
+        target: FeatureSet | CombinedFeatures
+        if features is not None:
+            if feature_set_or_name is not None:
+                raise ValueError(
+                    "get_offline_features: give either a feature set (single-set form) or "
+                    f"features= (combined form), not both; got {feature_set_or_name!r} and "
+                    f"features={features!r}"
+                )
+            target = self._combined(features, _definition_features)
+        elif feature_set_or_name is not None:
+            target = self.feature_set(feature_set_or_name)
+        else:
+            raise ValueError(
+                "get_offline_features needs a feature set (get_offline_features(population, "
+                "'user-spend')) or features=['<feature set>.<feature>', ...]"
+            )
         spark = self.spark
         pop = (
             population
             if isinstance(population, DataFrame)
             else spark.createDataFrame(_to_spark_precision(population))
         )
-        if feature_set.is_aggregated:
-            from fs_dagster.engine.aggregates import aggregation_plan, point_in_time_aggregates
-            from fs_dagster.engine.backfill import feature_schema
-            from fs_dagster.engine.encoding import spark_type
-
-            # From the definition and Spark: offline reads never need the online store.
-            schema = feature_schema(spark, feature_set)
-            plan = aggregation_plan(feature_set, schema)
-            tiles = spark.read.format("delta").load(self.plan(feature_set).tiles_path)
-            types = {c: spark_type(k) for c, k in plan.column_kinds.items()}
-            result = point_in_time_aggregates(plan, pop, tiles, point_in_time_column, types)
+        if isinstance(target, CombinedFeatures):
+            result = combined_point_in_time(
+                spark,
+                target,
+                self.plan,
+                pop,
+                point_in_time_column,
+                keep_order=output == "pandas",
+            )
         else:
-            features = spark.read.format("delta").load(self.plan(feature_set).features_path)
-            result = point_in_time_join(feature_set, pop, features, point_in_time_column)
+            plan = self.plan(target)
+            result = point_in_time_features(spark, target, plan, pop, point_in_time_column)
         return result if output == "spark" else result.toPandas()
 
     def ingest(
@@ -220,6 +275,8 @@ class FeatureStore:
         *,
         pipelines: Sequence[Literal["online", "offline"]] = ("online", "offline"),
         until: Literal["caught_up"] = "caught_up",
+        on_update: UpdateCallback | None = None,
+        features: Sequence[str] | str | None = None,
     ) -> list[BatchReport]:
         """Run ingestion of ``feature_set`` until its source is caught up, then stop.
 
@@ -228,22 +285,64 @@ class FeatureStore:
         run goes on from here). ``online`` fills the online store, ``offline`` the offline
         tables (rows, and tile partials of aggregated sets).
 
+        Args:
+            feature_set_or_name: the feature set to ingest.
+            pipelines: which pipelines run, one after the other.
+            until: ``caught_up`` (the only mode).
+            on_update: called, after each online batch's writes, with the combined vector
+                (a dict, columns as ``get_online_features(features=...)``) of each key the
+                batch updated; see :class:`~fs_dagster.engine.updates.CombinedUpdates`.
+            features: references of the vectors' features, of this or other registered
+                sets whose key columns are output columns of this one; all of this set's
+                features by default.
+
         Returns:
             The report of every micro-batch, online ones first.
 
         Example:
             >>> store.ingest("user-spend")  # doctest: +SKIP
+            >>> store.ingest("user-spend", pipelines=["online"], on_update=print,
+            ...              features=["user-spend.*", "user-profile.age"])  # doctest: +SKIP
         """
         from fs_dagster.engine.pipeline import start_ingestion
 
         if until != "caught_up":
             raise ValueError(f"until={until!r}: only 'caught_up' is supported")
         feature_set = self.feature_set(feature_set_or_name)
+        combined = None
+        if on_update is not None:
+            if "online" not in pipelines:
+                raise ValueError(
+                    f"ingest('{feature_set.name}'): on_update= needs the online pipeline; "
+                    f"got pipelines={list(pipelines)}"
+                )
+            known = {**self._feature_sets, feature_set.name: feature_set}
+            # This set's features from its definition (its online table may predate a
+            # new column), the others' as their online reads return them.
+            combined = CombinedFeatures.resolve(
+                features if features is not None else [f"{feature_set.name}.*"],
+                known,
+                lambda fs: (
+                    _definition_features(fs)
+                    if fs is feature_set
+                    else self._online.feature_names(fs)
+                ),
+            )
+        elif features is not None:
+            raise ValueError(
+                f"ingest('{feature_set.name}'): features= only applies with on_update="
+            )
         reports: list[BatchReport] = []
         for pipeline in pipelines:
-            store = self.online_store if pipeline == "online" else None
+            online = pipeline == "online"
             ingestion = start_ingestion(
-                self.spark, feature_set, self.plan(feature_set), pipeline, online_store=store
+                self.spark,
+                feature_set,
+                self.plan(feature_set),
+                pipeline,
+                online_store=self.online_store if online else None,
+                on_update=on_update if online else None,
+                features=combined if online else None,
             )
             try:
                 if pipeline == "online":
@@ -304,11 +403,12 @@ class FeatureStore:
         return self.spark.read.format("delta").load(path).toPandas()
 
 
-def _micros(at: datetime | None) -> int:
-    if at is None:
-        from fs_dagster.stores.online.base import now_micros
+def _definition_features(feature_set: FeatureSet) -> list[str]:
+    return feature_set.feature_names
 
-        return now_micros()
+
+def _micros(at: datetime) -> int:
+    """Microseconds since the epoch of ``at`` (naive is UTC)."""
     timestamp = pd.Timestamp(at)
     if timestamp.tzinfo is not None:
         timestamp = timestamp.tz_convert("UTC").tz_localize(None)
@@ -325,34 +425,4 @@ def _to_spark_precision(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _normalize_keys(feature_set: FeatureSet, keys: KeysLike) -> list[tuple[Any, ...]]:
-    names = list(feature_set.key)
-    if isinstance(keys, pd.DataFrame):
-        missing = [n for n in names if n not in keys.columns]
-        if missing:
-            raise ValueError(f"keys for '{feature_set.name}' lack columns {missing}")
-        return [tuple(row) for row in keys[names].itertuples(index=False, name=None)]
-    if isinstance(keys, Mapping):
-        keys = [keys]
-    if not isinstance(keys, Sequence) or isinstance(keys, str | bytes):
-        keys = [keys]
-    result: list[tuple[Any, ...]] = []
-    for key in keys:
-        if isinstance(key, Mapping):
-            missing = [n for n in names if n not in key]
-            if missing:
-                raise ValueError(f"key {key!r} for '{feature_set.name}' lacks {missing}")
-            result.append(tuple(key[n] for n in names))
-        elif isinstance(key, tuple):
-            if len(key) != len(names):
-                raise ValueError(
-                    f"key {key!r} for '{feature_set.name}' is not ({', '.join(names)})"
-                )
-            result.append(key)
-        elif len(names) == 1:
-            result.append((key,))
-        else:
-            raise ValueError(
-                f"'{feature_set.name}' has a composite key ({', '.join(names)}); "
-                "pass dicts or tuples"
-            )
-    return result
+    return key_rows(keys, feature_set.key, f"'{feature_set.name}'").tuples(feature_set)

@@ -37,6 +37,7 @@ from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.engine.aggregates import aggregation_plan, prepare_online_tiles
+from fs_dagster.engine.combined import CombinedFeatures, OnlineReader
 from fs_dagster.engine.computation import (
     BatchContext,
     Computed,
@@ -54,6 +55,7 @@ from fs_dagster.engine.sinks import (
 )
 from fs_dagster.engine.sources import ERROR_COLUMN, read_source, user_columns
 from fs_dagster.engine.transform import apply_transformation, feature_fields, output_schema
+from fs_dagster.engine.updates import CombinedUpdates, UpdateCallback
 from fs_dagster.engine.writers import (
     DeadLetters,
     OfflineRows,
@@ -248,12 +250,14 @@ def stream_writers(
     schema: StructType,
     online_store: OnlineStore | None,
     aggregation: AggregationPlan | None,
+    updates: Writer | None = None,
 ) -> list[Writer]:
     """The destinations of one streaming pipeline, chosen once when it starts.
 
     Online: the online rows, or the online tiles (late events split off). Offline: the
     offline rows, and the offline tile partials of every event. Both: dead letters,
-    rows before a backfill's end set aside, and the sinks attached to the pipeline.
+    rows before a backfill's end set aside, and the sinks attached to the pipeline;
+    ``updates`` (the live combined-vector callback) runs last.
     """
     writers: list[Writer] = [DeadLetters(feature_set, plan), SetAside(feature_set, plan)]
     if pipeline == "online":
@@ -283,6 +287,8 @@ def stream_writers(
         for sink in feature_set.auxiliary_sinks
         if sink.pipeline == pipeline
     ]
+    if updates is not None:
+        writers.append(updates)  # last: after every write of the batch
     return writers
 
 
@@ -316,6 +322,36 @@ def _check_single_source(feature_set: FeatureSet) -> None:
         )
 
 
+def _combined_updates(
+    feature_set: FeatureSet,
+    pipeline: Pipeline,
+    *,
+    schema: StructType,
+    online_store: OnlineStore | None,
+    on_update: UpdateCallback | None,
+    features: CombinedFeatures | Sequence[str] | None,
+) -> CombinedUpdates | None:
+    """The writer of ``on_update``, if asked for."""
+    if on_update is None:
+        if features is not None:
+            raise ValueError(f"'{feature_set.name}': features= only applies with on_update=")
+        return None
+    if pipeline != "online" or online_store is None:
+        raise ValueError(
+            f"'{feature_set.name}': on_update= needs the online pipeline and its online store "
+            f"(got pipeline {pipeline!r}); offline runs update no online vector"
+        )
+    if not isinstance(features, CombinedFeatures):
+        own = [name for name, _ in feature_fields(feature_set, schema)]
+        features = CombinedFeatures.resolve(
+            features if features is not None else [f"{feature_set.name}.*"],
+            {feature_set.name: feature_set},
+            lambda fs: fs.feature_names if fs.is_aggregated else own,
+        )
+    reader = OnlineReader(online_store)
+    return CombinedUpdates(feature_set, features, reader, on_update, schema=schema)
+
+
 def start_ingestion(
     spark: SparkSession,
     feature_set: FeatureSet,
@@ -326,6 +362,8 @@ def start_ingestion(
     on_batch: Callable[[BatchReport], None] | None = None,
     trigger_interval: float | None = None,
     debug_table: str | None = None,
+    on_update: UpdateCallback | None = None,
+    features: CombinedFeatures | Sequence[str] | None = None,
 ) -> IngestionQuery:
     """Check the feature set against Spark, then start its ingestion query.
 
@@ -340,15 +378,32 @@ def start_ingestion(
         trigger_interval: overrides the feature set's ``online_trigger_interval``.
         debug_table: also write the transformed stream to this Spark in-memory table,
             which ``spark.sql("SELECT * FROM <debug_table>")`` can query while it runs.
+        on_update: ``online`` only: after each batch's online writes, called (on the
+            driver) with the combined vector of each key the batch updated, as a dict
+            (see :class:`~fs_dagster.engine.updates.CombinedUpdates`).
+        features: the features of those vectors: references (``"<set>.<feature>"`` or
+            ``"<set>.*"``) of this feature set, or a :class:`CombinedFeatures` spanning
+            other sets too (``FeatureStore.ingest`` builds it from references); all
+            features of this set by default.
 
     Raises:
         FeatureSetDefinitionError: the transformation's output does not fit the feature
             set (checked before any record is read).
+        ValueError: ``on_update`` for the offline pipeline, or ``features`` that it cannot
+            serve (see :class:`~fs_dagster.engine.updates.CombinedUpdates`).
     """
     _check_single_source(feature_set)
     session = spark.newSession()
     schema = output_schema(session, feature_set)
     aggregation = aggregation_plan(feature_set, schema) if feature_set.is_aggregated else None
+    updates = _combined_updates(
+        feature_set,
+        pipeline,
+        schema=schema,
+        online_store=online_store,
+        on_update=on_update,
+        features=features,
+    )
     if pipeline == "online":
         if online_store is None:
             raise ValueError("online ingestion needs an online store")
@@ -375,6 +430,7 @@ def start_ingestion(
             schema=schema,
             online_store=online_store,
             aggregation=aggregation,
+            updates=updates,
         ),
         collect,
     )
