@@ -48,6 +48,7 @@ from fs_dagster.definitions.transformations import (
     UdfTransformation,
     pandas_udf,
 )
+from fs_dagster.engine.replay import CombinedFeatureEvent, FeatureEvent
 from fs_dagster.engine.spark_session import S3Settings, SparkSettings, create_spark_session
 from fs_dagster.engine.validation import ValidationResult, validate
 from fs_dagster.orchestration.definitions import build_definitions
@@ -62,7 +63,9 @@ __all__ = [
     "CassandraOnlineStore",
     "ClusterTemplate",
     "Column",
+    "CombinedFeatureEvent",
     "ExecutionSpecification",
+    "FeatureEvent",
     "FeatureSet",
     "FeatureSetDefinitionError",
     "FeatureSetMetadata",

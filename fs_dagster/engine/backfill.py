@@ -9,6 +9,8 @@ sources, with the same computation as the streams
 - the online store is **seeded**: latest rows per key (by event time, an older row never
   wins), or the range's tiles written whole at the run's version, so windows reaching
   into the range are right as soon as the stream starts;
+- a streaming feature set's stream-shaped rows of the range replace that range of the
+  raw-event archive (:mod:`fs_dagster.engine.archive`), which replay reads;
 - rows the transformation puts outside the range are set aside, counted and kept;
   rows without key or time go to the dead letters.
 
@@ -32,6 +34,7 @@ from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sources import BatchSource
 from fs_dagster.engine.aggregates import aggregation_plan, prepare_online_tiles
+from fs_dagster.engine.archive import RawArchive
 from fs_dagster.engine.computation import BatchContext, EventRange, compute, to_micros
 from fs_dagster.engine.pipeline import BatchReport, online_table, report
 from fs_dagster.engine.sources import (
@@ -190,6 +193,9 @@ def _range_writers(
         SetAside(feature_set, plan),
         OfflineRows(feature_set, plan),
     ]
+    if feature_set.kind == "streaming":
+        # Stream-shaped rows: replay recomputes the backfilled history from them too.
+        writers.append(RawArchive(feature_set, plan))
     if aggregation is not None:
         writers.append(OfflineTiles(plan, aggregation))
     if online_store is not None:

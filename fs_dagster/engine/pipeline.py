@@ -37,6 +37,7 @@ from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.engine.aggregates import aggregation_plan, prepare_online_tiles
+from fs_dagster.engine.archive import RawArchive
 from fs_dagster.engine.combined import CombinedFeatures, OnlineReader
 from fs_dagster.engine.computation import (
     BatchContext,
@@ -255,9 +256,9 @@ def stream_writers(
     """The destinations of one streaming pipeline, chosen once when it starts.
 
     Online: the online rows, or the online tiles (late events split off). Offline: the
-    offline rows, and the offline tile partials of every event. Both: dead letters,
-    rows before a backfill's end set aside, and the sinks attached to the pipeline;
-    ``updates`` (the live combined-vector callback) runs last.
+    offline rows, the raw-event archive, and the offline tile partials of every event.
+    Both: dead letters, rows before a backfill's end set aside, and the sinks attached to
+    the pipeline; ``updates`` (the live combined-vector callback) runs last.
     """
     writers: list[Writer] = [DeadLetters(feature_set, plan), SetAside(feature_set, plan)]
     if pipeline == "online":
@@ -268,7 +269,7 @@ def stream_writers(
         else:
             writers.append(OnlineRows(feature_set, online_store, online_table(feature_set, schema)))
     else:
-        writers.append(OfflineRows(feature_set, plan))
+        writers += [OfflineRows(feature_set, plan), RawArchive(feature_set, plan)]
         if aggregation is not None:
             writers.append(OfflineTiles(plan, aggregation))
     writers += [

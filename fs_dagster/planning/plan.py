@@ -56,6 +56,12 @@ class StoragePlan:
         return join_path(self.offline_root, self.feature_set.storage_name, "tiles")
 
     @property
+    def archive_path(self) -> str:
+        """Delta table of the raw source rows the offline runs read (replay reads it),
+        partitioned by event date."""
+        return join_path(self.offline_root, self.feature_set.storage_name, "raw_events")
+
+    @property
     def late_events_path(self) -> str:
         """Delta table of events that arrived after the watermark, with the reason."""
         return join_path(self.offline_root, self.feature_set.storage_name, "late_events")
