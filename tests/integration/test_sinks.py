@@ -366,3 +366,29 @@ def test_chained_feature_sets_through_a_sink_topic(
     source_key = AssetKey(["sources", chained_source.name])
     assert graph.get(source_key).parent_keys == {sink}
     assert source_key in graph.get(AssetKey(["user_tx_cents", "online"])).parent_keys
+
+
+def test_a_sink_that_cannot_deliver_fails_the_run_at_once(
+    spark: SparkSession,
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    """Nothing is published silently nowhere: an unreachable sink broker stops the run."""
+    from fs_dagster.engine.sources import KafkaAccessError
+
+    spec = SourceSpec("kafka", f"tx_{uuid.uuid4().hex[:8]}", topic_factory(), kafka_bootstrap)
+    # A port nothing listens on: the broker of this sink is down.
+    sink = fs.KafkaSink(name="down", topic="nowhere", bootstrap_servers="127.0.0.1:1")
+    feature_set = transactions_feature_set(spec, "sink-down", auxiliary_sinks=[sink])
+    client = fs.FeatureStore(
+        online_store=fs.SqliteOnlineStore(tmp_path / "online.db"),
+        offline_root=str(tmp_path / "offline"),
+        checkpoint_root=str(tmp_path / "checkpoints"),
+        spark=spark,
+    )
+    with pytest.raises(KafkaAccessError) as caught:
+        client.ingest(feature_set, pipelines=["online"])
+    message = str(caught.value)
+    assert message.startswith("Kafka sink 'down': login to 127.0.0.1:1 failed"), message
+    assert "no answer from the broker" in message
