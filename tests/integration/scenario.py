@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -186,6 +188,58 @@ def produce(bootstrap: str, topic: str, values: Iterable[str | bytes]) -> int:
             producer.poll(0)
     assert producer.flush(30) == 0
     return count
+
+
+def consume(
+    config: Mapping[str, Any], topic: str, expect_at_least: int
+) -> list[tuple[str | None, Any]]:
+    """Every message of ``topic`` from the beginning, as (key, value parsed as JSON).
+
+    ``config`` holds the consumer's connection (bootstrap servers, authentication). Reads
+    until at least ``expect_at_least`` messages came and then 10 polls brought nothing,
+    or a minute passed without any.
+    """
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": f"fs-test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[tuple[str | None, Any]] = []
+    idle = 0
+    try:
+        while idle < 10 or len(messages) < expect_at_least:
+            message = consumer.poll(1.0)
+            if message is None:
+                idle += 1
+                if idle > 60:
+                    break
+                continue
+            assert message.error() is None, message.error()
+            idle = 0
+            key, value = message.key(), message.value()
+            assert value is not None
+            messages.append((key.decode() if key is not None else None, json.loads(value)))
+    finally:
+        consumer.close()
+    return messages
+
+
+def spawn_ingest_driver(*args: str) -> subprocess.Popen[str]:
+    """Run ``tests.integration.ingest_driver`` in its own process group, to kill for real."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.ingest_driver", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def ingest_online(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,24 +20,12 @@ from tests.integration.scenario import (
     expected_latest,
     make_events,
     produce,
+    spawn_ingest_driver,
     transactions_feature_set,
     wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cassandra, pytest.mark.spark, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _driver(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.ingest_driver", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def test_killed_ingestion_restarts_exactly_once(
@@ -72,7 +58,7 @@ def test_killed_ingestion_restarts_exactly_once(
     produce(kafka_bootstrap, topic, [json.dumps(e) for e in events[:600]])
 
     # 1. Online: die right after batch 2 wrote Cassandra, before its checkpoint commit.
-    crashed = _driver(
+    crashed = spawn_ingest_driver(
         *common, "--pipeline", "online", "--online-store", store_spec, "--crash-after-batch", "2"
     )
     out, _ = crashed.communicate(timeout=300)
@@ -80,13 +66,13 @@ def test_killed_ingestion_restarts_exactly_once(
     assert "crashing after batch 2" in out
 
     # 2. Offline: die right after batch 1 was appended to Delta, before its commit.
-    crashed = _driver(*common, "--pipeline", "offline", "--crash-after-batch", "1")
+    crashed = spawn_ingest_driver(*common, "--pipeline", "offline", "--crash-after-batch", "1")
     out, _ = crashed.communicate(timeout=300)
     assert crashed.returncode == 137, out
 
     # 3. Online again, killed with SIGKILL at an arbitrary moment while more arrives.
     produce(kafka_bootstrap, topic, [json.dumps(e) for e in events[600:]])
-    running = _driver(*common, "--pipeline", "online", "--online-store", store_spec)
+    running = spawn_ingest_driver(*common, "--pipeline", "online", "--online-store", store_spec)
     assert running.stdout is not None
     seen = 0
     for line in running.stdout:
@@ -154,7 +140,7 @@ def test_restart_after_crash_with_file_source(spark: SparkSession, tmp_path: Pat
         "--checkpoint-root",
         str(tmp_path / "checkpoints"),
     ]
-    crashed = _driver(*common, "--pipeline", "offline", "--crash-after-batch", "0")
+    crashed = spawn_ingest_driver(*common, "--pipeline", "offline", "--crash-after-batch", "0")
     out, _ = crashed.communicate(timeout=300)
     assert crashed.returncode == 137, out
     feature_set = transactions_feature_set(spec, name)

@@ -29,7 +29,7 @@ from fs_dagster.engine.sources import (
     read_source,
 )
 from tests.fixtures.services import KafkaSecurity
-from tests.integration.scenario import expected_latest, make_events
+from tests.integration.scenario import consume, expected_latest, make_events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark, pytest.mark.slow]
 
@@ -118,35 +118,7 @@ def produce_secured(config: dict[str, str], topic: str, values: Iterable[str]) -
 
 def consume_secured(config: dict[str, str], topic: str, expect: int) -> list[Any]:
     """Every message value of ``topic`` read over a secured listener, parsed as JSON."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": f"security-check-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    values: list[Any] = []
-    idle = 0
-    try:
-        while idle < 5 or len(values) < expect:
-            message = consumer.poll(1.0)
-            if message is None:
-                idle += 1
-                if idle > 60:
-                    break
-                continue
-            assert message.error() is None, message.error()
-            idle = 0
-            raw = message.value()
-            assert raw is not None
-            values.append(json.loads(raw))
-    finally:
-        consumer.close()
-    return values
+    return [value for _, value in consume(config, topic, expect)]
 
 
 def spend_feature_set(

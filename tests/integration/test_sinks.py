@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,51 +26,25 @@ from tests.integration.aggregation_oracle import assert_matches, oracle
 from tests.integration.scenario import (
     SourceSpec,
     aggregated_feature_set,
+    consume,
     make_events,
     produce,
+    spawn_ingest_driver,
     transactions_feature_set,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 MESSAGE_FIELDS = {"featureset_name", "featureset_id", "timestamp", "key", "features"}
 
 
 def consume_all(bootstrap: str, topic: str, expect_at_least: int) -> list[tuple[str, Any]]:
     """Every message of ``topic`` (key, parsed value), read from the beginning."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "broker.address.family": "v4",
-            "group.id": f"sink-check-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    messages: list[tuple[str, Any]] = []
-    idle = 0
-    try:
-        while idle < 10 or len(messages) < expect_at_least:
-            message = consumer.poll(1.0)
-            if message is None:
-                idle += 1
-                if idle > 60:
-                    break
-                continue
-            assert message.error() is None, message.error()
-            idle = 0
-            key = message.key()
-            value = message.value()
-            assert key is not None and value is not None
-            messages.append((key.decode(), json.loads(value)))
-    finally:
-        consumer.close()
-    return messages
+    config = {"bootstrap.servers": bootstrap, "broker.address.family": "v4"}
+    messages = consume(config, topic, expect_at_least)
+    assert all(key is not None for key, _ in messages)
+    return [(str(key), value) for key, value in messages]
 
 
 def check_envelope(key: str, value: Any, feature_set: fs.FeatureSet) -> None:
@@ -82,17 +54,6 @@ def check_envelope(key: str, value: Any, feature_set: fs.FeatureSet) -> None:
     assert str(uuid.UUID(value["featureset_id"])) == value["featureset_id"]
     assert ISO_UTC.match(value["timestamp"]), value["timestamp"]
     assert value["key"] == {"user_id": key}
-
-
-def _driver(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.ingest_driver", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def _crash_then_restart(
@@ -127,7 +88,7 @@ def _crash_then_restart(
         "--sink-bootstrap",
         bootstrap,
     ]
-    crashed = _driver(*args, *(["--aggregated"] if aggregated else []))
+    crashed = spawn_ingest_driver(*args, *(["--aggregated"] if aggregated else []))
     out, _ = crashed.communicate(timeout=300)
     assert crashed.returncode == 137, out
     plan = fs.FeatureStore(
