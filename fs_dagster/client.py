@@ -18,6 +18,7 @@ from typing import Any, Literal, overload
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F  # noqa: N812
 
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
@@ -28,11 +29,19 @@ from fs_dagster.engine.combined import (
     key_rows,
     online_vectors,
 )
+from fs_dagster.engine.duckdb_retrieval import (
+    OFFLINE_ENGINES,
+    DuckDBUnsupportedTableError,
+    OfflineEngine,
+    delta_location,
+    duckdb_point_in_time_join,
+)
 from fs_dagster.engine.pipeline import BatchReport
 from fs_dagster.engine.replay import DEFAULT_SLICE, CombinedFeatureEvent, FeatureEvent, replay
+from fs_dagster.engine.spark_session import S3Settings
 from fs_dagster.engine.training_sets import combined_point_in_time, point_in_time_features
 from fs_dagster.engine.updates import UpdateCallback
-from fs_dagster.planning.plan import StoragePlan
+from fs_dagster.planning.plan import INTERNAL_PREFIX, StoragePlan
 from fs_dagster.stores.online.base import OnlineStore
 
 __all__ = ["FeatureStore"]
@@ -48,6 +57,16 @@ class FeatureStore:
         spark: the session for offline reads; the active or a local one by default.
         checkpoint_root: root of the checkpoints (only needed to build storage plans
             that match the ingestion's; defaults next to the offline root).
+        offline_engine: what computes a row-level point-in-time read to pandas
+            (single-set form, pandas population): ``"duckdb"`` (in-process, no JVM),
+            ``"spark"``, or ``"auto"`` (default): DuckDB, unless the table is one it
+            cannot read (deletion vectors, column mapping, a root other than a local
+            path, ``file://``, ``s3a://`` or ``s3://``), then Spark. Both give identical
+            frames. Aggregated sets, the combined form and ``output="spark"`` run on
+            Spark whatever the choice.
+        s3: endpoint, keys and region the DuckDB engine reads an ``s3a://`` root with;
+            by default from the environment
+            (:func:`~fs_dagster.engine.duckdb_retrieval.s3_settings_from_environment`).
     """
 
     def __init__(
@@ -58,7 +77,15 @@ class FeatureStore:
         feature_sets: Iterable[FeatureSet] = (),
         spark: SparkSession | None = None,
         checkpoint_root: str | None = None,
+        offline_engine: OfflineEngine = "auto",
+        s3: S3Settings | None = None,
     ):
+        if offline_engine not in OFFLINE_ENGINES:
+            raise ValueError(
+                f"offline_engine={offline_engine!r} is not one of {list(OFFLINE_ENGINES)}"
+            )
+        self.offline_engine: OfflineEngine = offline_engine
+        self._s3 = s3
         self.online_store = online_store
         self.offline_root = offline_root
         self.checkpoint_root = checkpoint_root or offline_root.rstrip("/") + "/_checkpoints"
@@ -203,7 +230,10 @@ class FeatureStore:
         features: Sequence[str] | str | None = None,
         output: Literal["pandas", "spark"] = "pandas",
     ) -> pd.DataFrame | DataFrame:
-        """Point-in-time correct features for each population row, computed by Spark.
+        """Point-in-time correct features for each population row.
+
+        A row-level set read to pandas from a pandas population runs on DuckDB
+        in-process, everything else on Spark (see ``offline_engine`` of the store).
 
         Either one feature set (``get_offline_features(population, "user-spend")``), or
         features of several combined into one training set
@@ -219,7 +249,8 @@ class FeatureStore:
 
         Returns:
             Single set: the population's columns, then the features (and, row-level,
-            the matched event time). Combined: exactly one row per population row (in
+            the matched event time); for ``pandas``, one row per population row in
+            population order. Combined: exactly one row per population row (in
             population order for ``pandas``), the population's columns, one column per
             requested feature named by its reference, then per set
             ``"<set>.<timestamp column>"``: the matched row's event time (row-level,
@@ -250,7 +281,25 @@ class FeatureStore:
                 "get_offline_features needs a feature set (get_offline_features(population, "
                 "'user-spend')) or features=['<feature set>.<feature>', ...]"
             )
+        if (
+            isinstance(target, FeatureSet)
+            and not target.is_aggregated
+            and output == "pandas"
+            and isinstance(population, pd.DataFrame)
+        ):
+            local = self._duckdb_point_in_time(target, population, point_in_time_column)
+            if local is not None:
+                return local
         spark = self.spark
+        ordered = output == "pandas" and isinstance(target, FeatureSet)
+        if ordered:
+            # A single-set read to pandas comes back in population order, as the DuckDB
+            # engine's does: the rows are numbered here and sorted by it at the end.
+            population = (
+                population.withColumn(_POPULATION_ROW, F.monotonically_increasing_id())
+                if isinstance(population, DataFrame)
+                else population.assign(**{_POPULATION_ROW: range(len(population))})
+            )
         pop = (
             population
             if isinstance(population, DataFrame)
@@ -268,7 +317,28 @@ class FeatureStore:
         else:
             plan = self.plan(target)
             result = point_in_time_features(spark, target, plan, pop, point_in_time_column)
+        if ordered:
+            result = result.orderBy(_POPULATION_ROW).drop(_POPULATION_ROW)
         return result if output == "spark" else result.toPandas()
+
+    def _duckdb_point_in_time(
+        self, feature_set: FeatureSet, population: pd.DataFrame, point_in_time_column: str
+    ) -> pd.DataFrame | None:
+        """The read on DuckDB, or ``None`` when the engine choice sends it to Spark."""
+        if self.offline_engine == "spark":
+            return None
+        path = self.plan(feature_set).features_path
+        if self.offline_engine == "auto" and not _duckdb_reads(path):
+            return None
+        location = delta_location(path, self._s3)
+        try:
+            return duckdb_point_in_time_join(
+                feature_set, location, population, point_in_time_column
+            )
+        except DuckDBUnsupportedTableError:
+            if self.offline_engine == "auto":
+                return None
+            raise
 
     def ingest(
         self,
@@ -479,6 +549,18 @@ class FeatureStore:
         feature_set = self.feature_set(feature_set_or_name)
         path = self.plan(feature_set).dead_letter_path
         return self.spark.read.format("delta").load(path).toPandas()
+
+
+_POPULATION_ROW = INTERNAL_PREFIX + "population_row"
+
+
+def _duckdb_reads(path: str) -> bool:
+    """Whether the DuckDB engine reads tables under ``path`` (by its URL scheme)."""
+    try:
+        delta_location(path)
+    except ValueError:
+        return False
+    return True
 
 
 def _definition_features(feature_set: FeatureSet) -> list[str]:

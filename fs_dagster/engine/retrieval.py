@@ -5,7 +5,10 @@ that key whose event time is at or before the row's timestamp, and not older tha
 feature set's TTL. The join is an *as-of* join done with one sort, not a range join:
 population rows and feature rows are unioned, ordered by key and time (a feature row
 before a population row at the same instant, so "at or before" holds), and each
-population row takes the last feature row seen before it. Its cost is a sort of both
+population row takes the last feature row seen before it. Ties (rows of one key with the
+same event time) are broken by their feature values: the largest, compared column by
+column in table order, nulls lowest (atomic types only), as on the DuckDB engine
+(:mod:`fs_dagster.engine.duckdb_retrieval`). Its cost is a sort of both
 sides; a range join would compare every population row with every feature version of
 its key.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F  # noqa: N812
+from pyspark.sql.types import AtomicType
 
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.planning.plan import EVENT_DATE_COLUMN, INTERNAL_PREFIX
@@ -96,9 +100,17 @@ def point_in_time_join(
         INTERNAL_PREFIX + "population",
         F.lit(None).cast(pop.schema[INTERNAL_PREFIX + "population"].dataType),
     )
+    # Ties (rows of a key with the same event time) sort by their feature values, so the
+    # last one, the match, is the same on every run and on the DuckDB engine (TIE_RULE
+    # there). Only atomic types order the same way in both.
+    ties = [
+        F.col(_FEATURES)[c].asc_nulls_first()
+        for c in feature_names
+        if isinstance(features.schema[c].dataType, AtomicType)
+    ]
     ordered = (
         Window.partitionBy(*[F.col(k) for k in keys])
-        .orderBy(F.col(_TIME).asc(), F.col(_ORDER).asc())
+        .orderBy(F.col(_TIME).asc(), F.col(_ORDER).asc(), *ties)
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
     joined = (

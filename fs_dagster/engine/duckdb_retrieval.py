@@ -1,0 +1,354 @@
+"""Point-in-time correct reads of the offline store to pandas, computed by DuckDB in-process.
+
+The same answer as :func:`fs_dagster.engine.retrieval.point_in_time_join` (the Spark
+path), without a JVM: the Delta table's current files come from the ``deltalake``
+package, and one DuckDB ``ASOF LEFT JOIN`` takes, for each population row, the latest
+feature row of its key at or before the row's time. Matched rows older than the TTL give
+nulls; every population row is kept, in population order.
+
+Where the files are read from:
+
+- a local root: DuckDB's own Parquet reader over the table's current file list;
+- an ``s3a://`` (or ``s3://``) root: the ``deltalake`` package's Arrow dataset, which
+  reads S3 itself, so DuckDB needs no ``httpfs`` extension (nothing is downloaded at run
+  time). Endpoint, keys and region come from :class:`S3Settings`, by default from the
+  environment variables the Spark side uses (:func:`s3_settings_from_environment`).
+
+Ties (several feature rows of one key with the same event time) are broken the same way
+on both engines (:data:`TIE_RULE`), so the two engines return identical frames.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake.schema import PrimitiveType
+from pyspark.sql.pandas.conversion import _convert_arrow_table_to_pandas
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.engine.spark_session import S3Settings
+from fs_dagster.planning.plan import EVENT_DATE_COLUMN, INTERNAL_PREFIX
+
+__all__ = [
+    "OFFLINE_ENGINES",
+    "TIE_RULE",
+    "DeltaLocation",
+    "DuckDBUnsupportedTableError",
+    "OfflineEngine",
+    "delta_location",
+    "duckdb_point_in_time_join",
+    "s3_settings_from_environment",
+]
+
+OfflineEngine = Literal["auto", "duckdb", "spark"]
+OFFLINE_ENGINES: tuple[OfflineEngine, ...] = ("auto", "duckdb", "spark")
+
+#: How both engines choose among feature rows of one key with the same event time.
+TIE_RULE = (
+    "the row with the largest feature values, compared column by column in table order "
+    "(nulls lowest; only columns of primitive types take part)"
+)
+
+_TIME = INTERNAL_PREFIX + "time"
+_ROW = INTERNAL_PREFIX + "row"
+_TIE = INTERNAL_PREFIX + "tie"
+
+# Reader features of a Delta table whose files cannot be read as plain Parquet files:
+# deletion vectors hide rows inside a file, column mapping renames the physical columns.
+_UNSUPPORTED_READER_FEATURES = ("deletionVectors", "columnMapping")
+
+
+class DuckDBUnsupportedTableError(ValueError):
+    """The Delta table uses a feature the DuckDB path does not read; Spark does."""
+
+
+@dataclass(frozen=True)
+class DeltaLocation:
+    """A Delta table as the ``deltalake`` package reaches it.
+
+    Attributes:
+        uri: local path or ``s3://bucket/prefix`` URL.
+        storage_options: ``deltalake`` object-store options (endpoint, keys, region).
+        object_store: whether the files live in object storage (read through Arrow).
+    """
+
+    uri: str
+    storage_options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    object_store: bool = False
+
+
+def s3_settings_from_environment() -> S3Settings:
+    """S3 settings from the variables the Spark side reads.
+
+    ``FS_S3_ENDPOINT`` (the example project's variable) or ``AWS_ENDPOINT_URL`` for the
+    endpoint; ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, where
+    :func:`~fs_dagster.orchestration.resources.spark_resource` puts the keys for s3a's
+    credential chain; ``AWS_REGION`` (default ``us-east-1``).
+    """
+    return S3Settings(
+        endpoint=os.environ.get("FS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None,
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        region=os.environ.get("AWS_REGION") or "us-east-1",
+    )
+
+
+def delta_location(path: str, s3: S3Settings | None = None) -> DeltaLocation:
+    """Where ``deltalake`` finds the table at ``path`` (a local path, ``file://``,
+    ``s3a://`` or ``s3://`` URL).
+
+    Raises:
+        ValueError: another URL scheme (read it with ``offline_engine="spark"``).
+
+    Example:
+        >>> delta_location("s3a://bucket/offline/t", S3Settings(endpoint="http://h:9000")).uri
+        's3://bucket/offline/t'
+    """
+    scheme, sep, rest = path.partition("://")
+    if not sep:
+        return DeltaLocation(path)
+    if scheme == "file":
+        return DeltaLocation(rest)
+    if scheme in ("s3a", "s3"):
+        return DeltaLocation("s3://" + rest, _s3_storage_options(s3), object_store=True)
+    raise ValueError(
+        f"the DuckDB offline engine reads local paths, file:// and s3a:// (or s3://) "
+        f"URLs; got {path!r}: use offline_engine='spark' for it"
+    )
+
+
+def _s3_storage_options(s3: S3Settings | None) -> dict[str, str]:
+    settings = s3 if s3 is not None else s3_settings_from_environment()
+    options = {"AWS_REGION": settings.region}
+    if settings.endpoint:
+        options["AWS_ENDPOINT_URL"] = settings.endpoint
+        # object_store refuses plain http unless told; S3-compatible test servers use it.
+        options["AWS_ALLOW_HTTP"] = str(settings.endpoint.startswith("http://")).lower()
+    options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = str(not settings.path_style).lower()
+    if settings.access_key and settings.secret_key:
+        options["AWS_ACCESS_KEY_ID"] = settings.access_key
+        options["AWS_SECRET_ACCESS_KEY"] = settings.secret_key
+    return options
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _population_time(column: pd.Series) -> pd.Series:
+    """The population's time as Spark sees it: UTC, microseconds (finer is floored)."""
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+    if pd.api.types.is_datetime64_any_dtype(column):
+        floored: pd.Series = column.dt.floor("us").astype("datetime64[us]")
+        return floored
+    return column
+
+
+def duckdb_point_in_time_join(
+    feature_set: FeatureSet,
+    location: DeltaLocation,
+    population: pd.DataFrame,
+    point_in_time_column: str,
+    *,
+    event_time_column: str | None = None,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """Join ``population`` with the feature rows valid at each row's point in time.
+
+    The semantics of :func:`~fs_dagster.engine.retrieval.point_in_time_join`: the latest
+    feature row of the key at or before the row's time, nulls when there is none or it
+    is older than the feature set's TTL (``event time >= time - TTL`` is kept); ties
+    broken by :data:`TIE_RULE`.
+
+    Args:
+        feature_set: the row-level feature set (keys, timestamp, TTL).
+        location: its features Delta table (:func:`delta_location`).
+        population: rows with the key columns and ``point_in_time_column``.
+        point_in_time_column: the population's timestamp column (naive values are UTC).
+        event_time_column: name of the matched row's event time in the result; by
+            default the feature set's timestamp column (prefixed with the feature set if
+            the population already has that name), as on the Spark path.
+        threads: DuckDB threads; DuckDB's default (all cores) when ``None``.
+
+    Returns:
+        The population's columns as given, then the features (in table order, with the
+        pandas types Spark's ``toPandas`` gives them) and the matched event time: one row
+        per population row, in population order, with a fresh ``RangeIndex``.
+
+    Raises:
+        ValueError: the population lacks a key or the point-in-time column, or has a
+            column named like a feature.
+        DuckDBUnsupportedTableError: the table uses deletion vectors or column mapping.
+
+    Example:
+        >>> duckdb_point_in_time_join(
+        ...     user_spend, delta_location("/data/offline/user_spend/features"),
+        ...     population, "timestamp",
+        ... )  # doctest: +SKIP
+    """
+    keys = list(feature_set.key)
+    ts = feature_set.timestamp_column
+    columns = [str(c) for c in population.columns]
+    missing = [c for c in [*keys, point_in_time_column] if c not in columns]
+    if missing:
+        raise ValueError(
+            f"population for '{feature_set.name}' lacks columns {missing}; it has {columns}"
+        )
+    table = DeltaTable(location.uri, storage_options=dict(location.storage_options))
+    unsupported = sorted(
+        set(table.protocol().reader_features or ()) & set(_UNSUPPORTED_READER_FEATURES)
+    )
+    if unsupported:
+        raise DuckDBUnsupportedTableError(
+            f"the features table of '{feature_set.name}' ({location.uri}) uses the Delta "
+            f"reader features {unsupported}, which the DuckDB offline engine does not read; "
+            "use offline_engine='spark'"
+        )
+    fields = {f.name: f.type for f in table.schema().fields}
+    feature_names = [c for c in fields if c not in {*keys, ts, EVENT_DATE_COLUMN}]
+    clashes = [c for c in feature_names if c in columns]
+    if clashes:
+        raise ValueError(
+            f"population columns {clashes} have the names of features of '{feature_set.name}'"
+        )
+    if event_time_column is None:
+        event_time_column = ts if ts not in columns else f"{feature_set.storage_name}_{ts}"
+
+    pop = pa.table(
+        {
+            **{
+                f"{INTERNAL_PREFIX}key{i}": pa.Array.from_pandas(population[k])
+                for i, k in enumerate(keys)
+            },
+            _TIME: pa.Array.from_pandas(_population_time(population[point_in_time_column])),
+            _ROW: np.arange(len(population), dtype=np.int64),
+        }
+    )
+    connection = duckdb.connect(config={} if threads is None else {"threads": threads})
+    try:
+        # Timestamps with a zone are compared and returned in UTC, like Spark's session.
+        connection.execute("SET TimeZone = 'UTC'")
+        connection.register("population", pop)
+        source = _register_source(connection, table, location)
+        sql = _asof_sql(
+            feature_set,
+            source,
+            keys=keys,
+            fields=fields,
+            feature_names=feature_names,
+            event_time_column=event_time_column,
+        )
+        values = connection.sql(sql).to_arrow_table()
+    finally:
+        connection.close()
+    features = _spark_pandas(values)
+    result = population.reset_index(drop=True)
+    return pd.concat([result, features], axis=1)
+
+
+def _register_source(
+    connection: duckdb.DuckDBPyConnection, table: DeltaTable, location: DeltaLocation
+) -> str:
+    """Make the table's current rows readable as a DuckDB relation; return its SQL."""
+    files = table.file_uris()
+    if location.object_store or not files:
+        # deltalake's Arrow dataset reads object storage itself (no DuckDB extension) and
+        # knows the schema of a table with no files yet.
+        connection.register("features", table.to_pyarrow_dataset())
+        return "features"
+    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    # union_by_name: files written before a column was added lack it (null there);
+    # hive_partitioning off: the event_date partition column stays out.
+    return f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)"
+
+
+def _asof_sql(
+    feature_set: FeatureSet,
+    source: str,
+    *,
+    keys: Sequence[str],
+    fields: Mapping[str, Any],
+    feature_names: Sequence[str],
+    event_time_column: str,
+) -> str:
+    """One ASOF LEFT JOIN of the population with the deduplicated feature rows."""
+    key_aliases = [f"{INTERNAL_PREFIX}key{i}" for i in range(len(keys))]
+    selected = [
+        *[f"{_quoted(k)} AS {_quoted(a)}" for k, a in zip(keys, key_aliases, strict=True)],
+        f"CAST({_quoted(feature_set.timestamp_column)} AS TIMESTAMP) AS {_quoted(_TIME)}",
+        *[_quoted(c) for c in feature_names],
+    ]
+    ties = [c for c in feature_names if isinstance(fields[c], PrimitiveType)]
+    rows = f"SELECT {', '.join(selected)} FROM {source}"
+    if ties:
+        # One row per (key, event time), chosen by TIE_RULE: the ASOF join alone would
+        # take any of them. A filter on a numbered column, not QUALIFY: with QUALIFY in
+        # this subquery DuckDB 2.0.1's ASOF join matched no row at all.
+        order = ", ".join(f"{_quoted(c)} DESC NULLS LAST" for c in ties)
+        partition = ", ".join(_quoted(c) for c in [*key_aliases, _TIME])
+        numbered = f"row_number() OVER (PARTITION BY {partition} ORDER BY {order})"
+        rows = (
+            f"SELECT * EXCLUDE ({_quoted(_TIE)}) FROM "
+            f"(SELECT {', '.join(selected)}, {numbered} AS {_quoted(_TIE)} FROM {source}) "
+            f"WHERE {_quoted(_TIE)} = 1"
+        )
+    valid = f"f.{_quoted(_TIME)} IS NOT NULL"
+    if feature_set.online_ttl is not None:
+        # Whole seconds, as the Spark path counts the TTL.
+        ttl_seconds = int(feature_set.online_ttl.total_seconds())
+        valid += f" AND f.{_quoted(_TIME)} >= p.{_quoted(_TIME)} - INTERVAL ({ttl_seconds}) SECOND"
+    outputs = [
+        *[
+            f"CASE WHEN {valid} THEN {_output(f'f.{_quoted(c)}', fields[c])} END AS {_quoted(c)}"
+            for c in feature_names
+        ],
+        f"CASE WHEN {valid} THEN CAST(f.{_quoted(_TIME)} AS TIMESTAMPTZ) END "
+        f"AS {_quoted(event_time_column)}",
+    ]
+    on = " AND ".join(
+        [
+            *[f"p.{_quoted(a)} = f.{_quoted(a)}" for a in key_aliases],
+            f"p.{_quoted(_TIME)} >= f.{_quoted(_TIME)}",
+        ]
+    )
+    return (
+        f"SELECT {', '.join(outputs)} FROM population AS p "
+        f"ASOF LEFT JOIN ({rows}) AS f ON {on} ORDER BY p.{_quoted(_ROW)}"
+    )
+
+
+def _output(expression: str, delta_type: Any) -> str:
+    """A feature value with the Arrow type Spark would give it (timestamps in UTC)."""
+    if isinstance(delta_type, PrimitiveType) and delta_type.type == "timestamp":
+        return f"CAST({expression} AS TIMESTAMPTZ)"
+    if isinstance(delta_type, PrimitiveType) and delta_type.type == "timestamp_ntz":
+        return f"CAST({expression} AS TIMESTAMP)"
+    return expression
+
+
+def _spark_pandas(values: pa.Table) -> pd.DataFrame:
+    """Arrow to pandas exactly as Spark's ``toPandas`` converts the same columns.
+
+    pyspark's own converter (private, stable for the pinned pyspark) rather than a copy
+    of its rules, so that both engines give the same dtypes (an integer column with
+    nulls becomes float64, timestamps naive UTC, dates objects). It needs no JVM.
+    """
+    schema = from_arrow_schema(values.schema)
+    frame: pd.DataFrame = _convert_arrow_table_to_pandas(
+        arrow_table=values,
+        schema=schema,
+        timezone="UTC",
+        struct_handling_mode="legacy",
+        date_as_object=True,
+    )
+    return frame
