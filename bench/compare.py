@@ -67,6 +67,7 @@ from bench.common import (
 )
 from bench.peers.envs import ensure_env, installed_versions, run_peer
 from fs_dagster.engine.backfill import run_range
+from fs_dagster.engine.duckdb_retrieval import OFFLINE_ENGINES, OfflineEngine
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -163,6 +164,7 @@ class Config:
     seed: int = 5
     label: str = ""
     results_dir: Path = REPO / "bench" / "results"
+    offline_engine: OfflineEngine = "auto"
 
     @property
     def sizes(self) -> Scale:
@@ -445,6 +447,7 @@ def prepare_rows(ctx: Context) -> dict[str, Any]:
         checkpoint_root=str(ctx.workdir / "checkpoints"),
         feature_sets=[feature_set],
         spark=ctx.spark,
+        offline_engine=ctx.cfg.offline_engine,
     )
     return {"seconds": seconds, "rows_in": report.rows_in, **machine}
 
@@ -1204,6 +1207,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--seed", type=int, default=Config.seed)
     parser.add_argument("--label", default="", help="stored with the results")
     parser.add_argument("--results-dir", type=Path, default=Config.results_dir)
+    parser.add_argument(
+        "--offline-engine",
+        choices=OFFLINE_ENGINES,
+        default=Config.offline_engine,
+        help="what computes fs-dagster's point-in-time read (FeatureStore(offline_engine=))",
+    )
     args = parser.parse_args(argv)
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = sorted(set(only) - set(SCENARIOS))
@@ -1222,6 +1231,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         seed=args.seed,
         label=args.label,
         results_dir=args.results_dir,
+        offline_engine=args.offline_engine,
     )
 
 
