@@ -60,7 +60,6 @@ TIE_RULE = (
 
 _TIME = INTERNAL_PREFIX + "time"
 _ROW = INTERNAL_PREFIX + "row"
-_TIE = INTERNAL_PREFIX + "tie"
 
 # Reader features of a Delta table whose files cannot be read as plain Parquet files:
 # deletion vectors hide rows inside a file, column mapping renames the physical columns.
@@ -208,6 +207,9 @@ def duckdb_point_in_time_join(
     unsupported = sorted(
         set(table.protocol().reader_features or ()) & set(_UNSUPPORTED_READER_FEATURES)
     )
+    # Reader version 2 has column mapping without listing reader features.
+    if table.metadata().configuration.get("delta.columnMapping.mode", "none") != "none":
+        unsupported = sorted({*unsupported, "columnMapping"})
     if unsupported:
         raise DuckDBUnsupportedTableError(
             f"the features table of '{feature_set.name}' ({location.uri}) uses the Delta "
@@ -236,6 +238,8 @@ def duckdb_point_in_time_join(
     )
     connection = duckdb.connect(config={} if threads is None else {"threads": threads})
     try:
+        # No progress bar: a library call must not draw on the caller's terminal.
+        connection.execute("SET enable_progress_bar = false")
         # Timestamps with a zone are compared and returned in UTC, like Spark's session.
         connection.execute("SET TimeZone = 'UTC'")
         connection.register("population", pop)
@@ -281,49 +285,56 @@ def _asof_sql(
     feature_names: Sequence[str],
     event_time_column: str,
 ) -> str:
-    """One ASOF LEFT JOIN of the population with the deduplicated feature rows."""
+    """The point-in-time query: population rows out, in population order.
+
+    Three steps. ``matched``: one ASOF LEFT JOIN of the population with the feature rows'
+    keys and times only, which finds each row's match time. ``chosen``: the feature rows
+    at exactly that key and time (several when there are ties), kept within the TTL,
+    one per population row by :data:`TIE_RULE`. Then every population row with its
+    chosen row or nulls. Breaking ties on the ≤ 1 row per population row that matched is
+    about a third cheaper than deduplicating every feature row before the ASOF join
+    (measured: 1M x 10M, 6.5-7.5 s against 9.6-10.2 s; 6-6.6 s with no tie-breaking).
+    """
     key_aliases = [f"{INTERNAL_PREFIX}key{i}" for i in range(len(keys))]
-    selected = [
-        *[f"{_quoted(k)} AS {_quoted(a)}" for k, a in zip(keys, key_aliases, strict=True)],
-        f"CAST({_quoted(feature_set.timestamp_column)} AS TIMESTAMP) AS {_quoted(_TIME)}",
-        *[_quoted(c) for c in feature_names],
-    ]
-    ties = [c for c in feature_names if isinstance(fields[c], PrimitiveType)]
-    rows = f"SELECT {', '.join(selected)} FROM {source}"
-    if ties:
-        # One row per (key, event time), chosen by TIE_RULE: the ASOF join alone would
-        # take any of them. A filter on a numbered column, not QUALIFY: with QUALIFY in
-        # this subquery DuckDB 2.0.1's ASOF join matched no row at all.
-        order = ", ".join(f"{_quoted(c)} DESC NULLS LAST" for c in ties)
-        partition = ", ".join(_quoted(c) for c in [*key_aliases, _TIME])
-        numbered = f"row_number() OVER (PARTITION BY {partition} ORDER BY {order})"
-        rows = (
-            f"SELECT * EXCLUDE ({_quoted(_TIE)}) FROM "
-            f"(SELECT {', '.join(selected)}, {numbered} AS {_quoted(_TIE)} FROM {source}) "
-            f"WHERE {_quoted(_TIE)} = 1"
-        )
-    valid = f"f.{_quoted(_TIME)} IS NOT NULL"
-    if feature_set.online_ttl is not None:
-        # Whole seconds, as the Spark path counts the TTL.
-        ttl_seconds = int(feature_set.online_ttl.total_seconds())
-        valid += f" AND f.{_quoted(_TIME)} >= p.{_quoted(_TIME)} - INTERVAL ({ttl_seconds}) SECOND"
-    outputs = [
-        *[
-            f"CASE WHEN {valid} THEN {_output(f'f.{_quoted(c)}', fields[c])} END AS {_quoted(c)}"
-            for c in feature_names
-        ],
-        f"CASE WHEN {valid} THEN CAST(f.{_quoted(_TIME)} AS TIMESTAMPTZ) END "
-        f"AS {_quoted(event_time_column)}",
-    ]
-    on = " AND ".join(
-        [
-            *[f"p.{_quoted(a)} = f.{_quoted(a)}" for a in key_aliases],
-            f"p.{_quoted(_TIME)} >= f.{_quoted(_TIME)}",
-        ]
+    time = _quoted(_TIME)
+    match = _quoted(INTERNAL_PREFIX + "match")
+    at = _quoted(INTERNAL_PREFIX + "at")
+    row = _quoted(_ROW)
+    renamed = [f"{_quoted(k)} AS {_quoted(a)}" for k, a in zip(keys, key_aliases, strict=True)]
+    event_time = f"CAST({_quoted(feature_set.timestamp_column)} AS TIMESTAMP) AS {time}"
+    times = f"SELECT {', '.join([*renamed, event_time])} FROM {source}"
+    rows = f"SELECT {', '.join([*renamed, event_time, *map(_quoted, feature_names)])} FROM {source}"
+    same_key = [f"p.{_quoted(a)} = f.{_quoted(a)}" for a in key_aliases]
+    same_candidate_key = [f"m.{_quoted(a)} = f.{_quoted(a)}" for a in key_aliases]
+    matched = (
+        f"SELECT p.{row}, {', '.join(f'p.{_quoted(a)}' for a in key_aliases)}, "
+        f"p.{time} AS {at}, f.{time} AS {match} "
+        f"FROM population AS p ASOF LEFT JOIN ({times}) AS f "
+        f"ON {' AND '.join([*same_key, f'p.{time} >= f.{time}'])}"
     )
+    within = ""
+    if feature_set.online_ttl is not None:
+        # Whole seconds, as the Spark path counts the TTL; a row at exactly time - TTL
+        # is kept.
+        ttl_seconds = int(feature_set.online_ttl.total_seconds())
+        within = f"WHERE m.{match} >= m.{at} - INTERVAL ({ttl_seconds}) SECOND "
+    ties = [c for c in feature_names if isinstance(fields[c], PrimitiveType)]
+    order = ", ".join(f"f.{_quoted(c)} DESC NULLS LAST" for c in ties)
+    chosen = (
+        f"SELECT m.{row}, f.* FROM matched AS m JOIN ({rows}) AS f "
+        f"ON {' AND '.join([*same_candidate_key, f'f.{time} = m.{match}'])} "
+        f"{within}"
+        f"QUALIFY row_number() OVER (PARTITION BY m.{row}{' ORDER BY ' + order if ties else ''})"
+        " = 1"
+    )
+    outputs = [
+        *[f"{_output(f'c.{_quoted(c)}', fields[c])} AS {_quoted(c)}" for c in feature_names],
+        f"CAST(c.{time} AS TIMESTAMPTZ) AS {_quoted(event_time_column)}",
+    ]
     return (
-        f"SELECT {', '.join(outputs)} FROM population AS p "
-        f"ASOF LEFT JOIN ({rows}) AS f ON {on} ORDER BY p.{_quoted(_ROW)}"
+        f"WITH matched AS ({matched}), chosen AS ({chosen}) "
+        f"SELECT {', '.join(outputs)} FROM matched AS m LEFT JOIN chosen AS c "
+        f"ON c.{row} = m.{row} ORDER BY m.{row}"
     )
 
 

@@ -316,20 +316,33 @@ def test_engines_agree_on_s3(
     _pairs_agree(spark, tmp_path, root, storage)
 
 
-def test_deletion_vectors_go_to_spark_unless_duckdb_is_asked_for(
-    spark: SparkSession, tmp_path: Path
+_DELETION_VECTORS = (
+    "ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)",
+    "DELETE FROM delta.`{path}` WHERE user_id = 'u0'",
+)
+_COLUMN_MAPPING = (
+    "ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.columnMapping.mode' = 'name', "
+    "'delta.minReaderVersion' = '2', 'delta.minWriterVersion' = '5')",
+    "ALTER TABLE delta.`{path}` RENAME COLUMN note TO remark",
+)
+
+
+@pytest.mark.parametrize(
+    ("statements", "feature"),
+    [(_DELETION_VECTORS, "deletionVectors"), (_COLUMN_MAPPING, "columnMapping")],
+)
+def test_tables_duckdb_cannot_read_go_to_spark_unless_duckdb_is_asked_for(
+    spark: SparkSession, tmp_path: Path, statements: Sequence[str], feature: str
 ) -> None:
     feature_set = _merchant_set(tmp_path)
     stores = _stores(tmp_path, feature_set, spark)
     path = stores[0].plan(feature_set).features_path
     rows = _pair_rows(1, 50, date(2026, 3, 1))
-    _write(spark, rows, path, AppendOnce("test-dv", 0))
-    spark.sql(
-        f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)"
-    )
-    spark.sql(f"DELETE FROM delta.`{path}` WHERE user_id = 'u0'")
+    _write(spark, rows, path, AppendOnce("test-unsupported", 0))
+    for statement in statements:
+        spark.sql(statement.format(path=path))
     population = _pair_population(3, [date(2026, 3, 1)])
-    with pytest.raises(DuckDBUnsupportedTableError, match="deletionVectors"):
+    with pytest.raises(DuckDBUnsupportedTableError, match=feature):
         duckdb_point_in_time_join(feature_set, delta_location(path), population, "timestamp")
     with pytest.raises(DuckDBUnsupportedTableError, match="offline_engine='spark'"):
         stores[0].get_offline_features(population, feature_set)
@@ -342,7 +355,9 @@ def test_deletion_vectors_go_to_spark_unless_duckdb_is_asked_for(
     result = automatic.get_offline_features(population, feature_set)
     expected = stores[1].get_offline_features(population, feature_set)
     pd.testing.assert_frame_equal(result, expected, check_exact=True)
-    assert result.loc[result["user_id"] == "u0", "ts"].isna().all()
+    assert result["ts"].notna().any()
+    if feature == "deletionVectors":
+        assert result.loc[result["user_id"] == "u0", "ts"].isna().all()
 
 
 def test_population_errors_name_the_columns(spark: SparkSession, tmp_path: Path) -> None:
