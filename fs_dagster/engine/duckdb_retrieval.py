@@ -2,9 +2,10 @@
 
 The same answer as :func:`fs_dagster.engine.retrieval.point_in_time_join` (the Spark
 path), without a JVM: the Delta table's current files come from the ``deltalake``
-package, and one DuckDB ``ASOF LEFT JOIN`` takes, for each population row, the latest
-feature row of its key at or before the row's time. Matched rows older than the TTL give
-nulls; every population row is kept, in population order.
+package, one DuckDB ``ASOF LEFT JOIN`` finds, for each population row, the time of the
+latest feature row of its key at or before the row's time, and an equi-join fetches the
+row(s) at that time (several on ties). Matched rows older than the TTL give nulls; every
+population row is kept, in population order.
 
 Where the files are read from:
 
