@@ -437,14 +437,20 @@ def read_aggregates(
             back); offline point-in-time reads serve any time.
     """
     now_seconds = now_micros() // 1_000_000
-    created = store.tiles_created_at(plan.tile_table)
-    seeded = store.tiles_seeded_at(plan.tile_table)
-    rung = plan.expired_rung(
-        at_micros,
-        now_seconds,
-        created // 1_000_000 if created is not None else None,
-        seeded // 1_000_000 if seeded is not None else None,
-    )
+    # Without the table's creation and seeding times a rung counts as expired as soon as
+    # its first needed tile could be: only then can those facts change the answer (a
+    # seeding lies in the past, so it cannot expire a tile that is still retained). Recent
+    # reads, the usual ones, skip two round trips to the store.
+    rung = plan.expired_rung(at_micros, now_seconds, None)
+    if rung is not None:
+        created = store.tiles_created_at(plan.tile_table)
+        seeded = store.tiles_seeded_at(plan.tile_table)
+        rung = plan.expired_rung(
+            at_micros,
+            now_seconds,
+            created // 1_000_000 if created is not None else None,
+            seeded // 1_000_000 if seeded is not None else None,
+        )
     if rung is not None:
         at = datetime.fromtimestamp(at_micros / 1e6, UTC).isoformat()
         raise ValueError(
