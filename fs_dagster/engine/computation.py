@@ -17,18 +17,31 @@ writer first applies its watermark while the offline ones count every event.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property, reduce
 
-from pyspark.sql import Column, DataFrame
+from py4j.protocol import Py4JJavaError
+from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F  # noqa: N812
 
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.engine.sources import ERROR_COLUMN, user_columns
 from fs_dagster.engine.transform import apply_transformation
 
-__all__ = ["BatchContext", "Computed", "EventRange", "compute", "event_micros", "to_micros"]
+__all__ = [
+    "INSIDE_COLUMN",
+    "MICROS_COLUMN",
+    "MISSING_COLUMN",
+    "BatchContext",
+    "BatchCounts",
+    "Computed",
+    "EventRange",
+    "compute",
+    "event_micros",
+    "to_micros",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -91,38 +104,195 @@ class BatchContext:
     replace: EventRange | None = None
 
 
-@dataclass
-class Computed:
-    """What the computation made of one batch of source rows.
+@dataclass(frozen=True)
+class BatchCounts:
+    """How many rows of a batch went where (see :class:`Computed`)."""
 
-    Attributes:
-        sources: the batch as read, per source name, with ``__fs_payload``,
-            ``__fs_position`` and ``__fs_error``.
-        features: every transformation output row (persisted while writers run).
-        rows: output rows with key and event time inside the trigger's range.
-        invalid_output: output rows without a key or an event time.
-        outside: output rows with key and time outside the trigger's range.
-        rows_in: source rows in the batch.
-        malformed: source rows that did not parse.
-        invalid: count of ``invalid_output``.
-        row_count: count of ``rows``.
-        outside_count: count of ``outside``.
-        max_event_micros: newest event time among ``rows`` and ``outside``.
-        range: the range this trigger owns.
-    """
-
-    sources: Mapping[str, DataFrame]
-    features: DataFrame
-    rows: DataFrame
-    invalid_output: DataFrame
-    outside: DataFrame
     rows_in: int
     malformed: int
     invalid: int
     row_count: int
     outside_count: int
     max_event_micros: int | None
-    range: EventRange
+
+
+#: Names of the columns that classify output rows (see :meth:`Computed.classified`).
+MISSING_COLUMN, INSIDE_COLUMN, MICROS_COLUMN = "__fs_missing", "__fs_inside", "__fs_micros"
+_PART, _BAD = "__fs_part", "__fs_bad"
+#: The statistics part of the transformation output (source parts are numbered).
+_OUTPUT_PART = -1
+
+
+class Computed:
+    """What the computation made of one batch of source rows.
+
+    Its counts come from one Spark job over the batch: the first writer that runs a job
+    over every output row may count them on the way (:meth:`classified`,
+    :meth:`record_output_counts`); otherwise the first reader of a count runs a
+    statistics job of its own.
+
+    Attributes:
+        sources: the batch as read, per source name, with ``__fs_payload``,
+            ``__fs_position`` and ``__fs_error``.
+        features: every transformation output row (persisted while writers run when the
+            trigger caches).
+        range: the range this trigger owns.
+    """
+
+    def __init__(
+        self,
+        feature_set: FeatureSet,
+        sources: Mapping[str, DataFrame],
+        features: DataFrame,
+        owned: EventRange,
+        observations: Sequence[Observation],
+    ) -> None:
+        self.sources = sources
+        self.features = features
+        self.range = owned
+        missing = F.lit(False)
+        for column in [*feature_set.key, feature_set.timestamp_column]:
+            missing = missing | F.col(column).isNull()
+        micros = event_micros(feature_set)
+        inside = owned.contains(micros)
+        self._missing, self._inside, self._micros = missing, inside, micros
+        self._observations = observations
+        self._counts: BatchCounts | None = None
+
+    # Built when a writer asks: each DataFrame costs Spark an analysis, and a batch's
+    # latency is mostly such fixed costs.
+    @cached_property
+    def rows(self) -> DataFrame:
+        """Output rows with key and event time inside the trigger's range."""
+        return self.features.where(~self._missing & self._inside)
+
+    @cached_property
+    def invalid_output(self) -> DataFrame:
+        """Output rows without a key or an event time."""
+        return self.features.where(self._missing)
+
+    @cached_property
+    def outside(self) -> DataFrame:
+        """Output rows with key and time outside the trigger's range."""
+        return self.features.where(~self._missing & ~self._inside)
+
+    def classified(self) -> DataFrame:
+        """Every output row with :data:`MISSING_COLUMN` (no key or event time),
+        :data:`INSIDE_COLUMN` (inside the trigger's range) and :data:`MICROS_COLUMN`
+        (event time): what a writer needs to count rows while it writes."""
+        return self.features.select(
+            "*",
+            self._missing.alias(MISSING_COLUMN),
+            self._inside.alias(INSIDE_COLUMN),
+            self._micros.alias(MICROS_COLUMN),
+        )
+
+    def record_output_counts(
+        self, invalid: int, row_count: int, outside_count: int, max_event_micros: int | None
+    ) -> None:
+        """Counts of the output rows, taken by a writer's SQL job over
+        :meth:`classified`; the source rows were counted by that same job."""
+        if not self._observations:
+            # A cached batch: Spark counts a cached plan's rows when it caches them, not
+            # in the writer's job, so the sources are counted by a job of their own.
+            self._counts = self._count()
+            return
+        source_rows = malformed = 0
+        for observation in self._observations:
+            try:
+                observed = observation.get
+            except Py4JJavaError:
+                # Spark proved the output empty and never read the source: count it.
+                self._counts = self._count()
+                return
+            source_rows += int(observed["rows"])
+            malformed += int(observed["bad"])
+        self._counts = BatchCounts(
+            source_rows, malformed, invalid, row_count, outside_count, max_event_micros
+        )
+
+    @property
+    def counts(self) -> BatchCounts:
+        """The batch's counts; one statistics job unless a writer took them already."""
+        if self._counts is None:
+            self._counts = self._count()
+        return self._counts
+
+    def _count(self) -> BatchCounts:
+        # Sources and output in one union, so that one job counts both.
+        parts = [
+            rows.select(
+                F.lit(index).alias(_PART),
+                F.col(ERROR_COLUMN).isNotNull().alias(_BAD),
+                F.lit(None).cast("boolean").alias(MISSING_COLUMN),
+                F.lit(None).cast("boolean").alias(INSIDE_COLUMN),
+                F.lit(None).cast("long").alias(MICROS_COLUMN),
+            )
+            for index, rows in enumerate(self.sources.values())
+        ]
+        parts.append(
+            self.classified().select(
+                F.lit(_OUTPUT_PART).alias(_PART),
+                F.lit(None).cast("boolean").alias(_BAD),
+                MISSING_COLUMN,
+                INSIDE_COLUMN,
+                MICROS_COLUMN,
+            )
+        )
+        source_row = F.col(_PART) != F.lit(_OUTPUT_PART)
+        valid = ~F.col(MISSING_COLUMN)
+        stats = (
+            reduce(DataFrame.unionByName, parts)
+            .agg(
+                F.count(F.when(source_row, F.lit(1))).alias("rows_in"),
+                F.count(F.when(source_row & F.col(_BAD), F.lit(1))).alias("malformed"),
+                F.count(F.when(F.col(MISSING_COLUMN), F.lit(1))).alias("invalid"),
+                F.count(F.when(valid & F.col(INSIDE_COLUMN), F.lit(1))).alias("rows"),
+                F.count(F.when(valid & ~F.col(INSIDE_COLUMN), F.lit(1))).alias("outside"),
+                F.max(F.when(valid, F.col(MICROS_COLUMN))).alias("max_micros"),
+            )
+            .first()
+        )
+        if stats is None:
+            return BatchCounts(0, 0, 0, 0, 0, None)
+        return BatchCounts(
+            int(stats["rows_in"]),
+            int(stats["malformed"]),
+            int(stats["invalid"]),
+            int(stats["rows"]),
+            int(stats["outside"]),
+            stats["max_micros"],
+        )
+
+    @property
+    def rows_in(self) -> int:
+        """Source rows in the batch."""
+        return self.counts.rows_in
+
+    @property
+    def malformed(self) -> int:
+        """Source rows that did not parse."""
+        return self.counts.malformed
+
+    @property
+    def invalid(self) -> int:
+        """Count of :attr:`invalid_output`."""
+        return self.counts.invalid
+
+    @property
+    def row_count(self) -> int:
+        """Count of :attr:`rows`."""
+        return self.counts.row_count
+
+    @property
+    def outside_count(self) -> int:
+        """Count of :attr:`outside`."""
+        return self.counts.outside_count
+
+    @property
+    def max_event_micros(self) -> int | None:
+        """Newest event time among :attr:`rows` and :attr:`outside`."""
+        return self.counts.max_event_micros
 
     @property
     def max_event_time(self) -> datetime | None:
@@ -140,49 +310,33 @@ def compute(
     feature_set: FeatureSet,
     sources: Mapping[str, DataFrame],
     owned: EventRange,
+    *,
+    cache: bool = True,
 ) -> Computed:
     """Run the transformation over the source rows and split its output.
 
     ``sources`` maps each source name the transformation reads to its rows (a stream's
-    micro-batch has one). One Spark job per source and one over the output count
-    everything the writers and the report need; the output is persisted so that the
-    writers do not recompute it. Call :meth:`Computed.release` when they are done.
+    micro-batch has one). With ``cache`` the output is persisted so that several writers
+    do not recompute it (call :meth:`Computed.release` when they are done); without it,
+    each writer's job recomputes its input, which costs less than caching when one
+    writer does the work (the online pipeline of a row-level set, where a batch's
+    latency counts). No job runs here: see :class:`Computed` for the counts.
     """
-    rows_in = malformed = 0
     good: dict[str, DataFrame] = {}
+    observations: list[Observation] = []
     for name, source_rows in sources.items():
-        counts = source_rows.agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.count(F.col(ERROR_COLUMN)).alias("bad"),
-        ).first()
-        rows_in += int(counts["rows"]) if counts else 0
-        malformed += int(counts["bad"]) if counts else 0
-        good[name] = source_rows.where(F.col(ERROR_COLUMN).isNull()).select(
-            *user_columns(source_rows)
-        )
-    features = apply_transformation(feature_set, good).persist()
-    missing = F.lit(False)
-    for column in [*feature_set.key, feature_set.timestamp_column]:
-        missing = missing | F.col(column).isNull()
-    micros = event_micros(feature_set)
-    inside = owned.contains(micros)
-    stats = features.agg(
-        F.count(F.when(missing, F.lit(1))).alias("invalid"),
-        F.count(F.when(~missing & inside, F.lit(1))).alias("rows"),
-        F.count(F.when(~missing & ~inside, F.lit(1))).alias("outside"),
-        F.max(F.when(~missing, micros)).alias("max_micros"),
-    ).first()
-    return Computed(
-        sources=sources,
-        features=features,
-        rows=features.where(~missing & inside),
-        invalid_output=features.where(missing),
-        outside=features.where(~missing & ~inside),
-        rows_in=rows_in,
-        malformed=malformed,
-        invalid=int(stats["invalid"]) if stats else 0,
-        row_count=int(stats["rows"]) if stats else 0,
-        outside_count=int(stats["outside"]) if stats else 0,
-        max_event_micros=stats["max_micros"] if stats else None,
-        range=owned,
-    )
+        observed = source_rows
+        if not cache:
+            # Counted on the way by the first SQL job that reads the source.
+            observation = Observation()
+            observed = source_rows.observe(
+                observation,
+                F.count(F.lit(1)).alias("rows"),
+                F.count(F.col(ERROR_COLUMN)).alias("bad"),
+            )
+            observations.append(observation)
+        good[name] = observed.where(F.col(ERROR_COLUMN).isNull()).select(*user_columns(source_rows))
+    features = apply_transformation(feature_set, good)
+    if cache:
+        features = features.persist()
+    return Computed(feature_set, sources, features, owned, observations)

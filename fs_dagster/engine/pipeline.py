@@ -210,10 +210,13 @@ class _MicroBatch:
         pipeline: Pipeline,
         writers: Sequence[Writer],
         on_batch: Callable[[BatchReport], None],
+        *,
+        cache: bool,
     ):
         self.feature_set = feature_set
         self.pipeline = pipeline
         self.writers = list(writers)
+        self.cache = cache
         self.owned = stream_range(feature_set)
         self.on_batch = on_batch
         self.query_id: str | None = None
@@ -231,9 +234,15 @@ class _MicroBatch:
         ctx = BatchContext(
             trigger=self.pipeline, version=batch_id, app_id=self.query_id, txn_version=batch_id
         )
-        batch = batch.persist()
+        if self.cache:
+            batch = batch.persist()
         try:
-            computed = compute(self.feature_set, {self.feature_set.source.name: batch}, self.owned)
+            computed = compute(
+                self.feature_set,
+                {self.feature_set.source.name: batch},
+                self.owned,
+                cache=self.cache,
+            )
             try:
                 outcomes = [writer.write(computed, ctx) for writer in self.writers]
             finally:
@@ -257,10 +266,10 @@ def stream_writers(
 
     Online: the online rows, or the online tiles (late events split off). Offline: the
     offline rows, the raw-event archive, and the offline tile partials of every event.
-    Both: dead letters, rows before a backfill's end set aside, and the sinks attached to
-    the pipeline; ``updates`` (the live combined-vector callback) runs last.
+    Both, after those: dead letters, rows before a backfill's end set aside, and the sinks
+    attached to the pipeline; ``updates`` (the live combined-vector callback) runs last.
     """
-    writers: list[Writer] = [DeadLetters(feature_set, plan), SetAside(feature_set, plan)]
+    writers: list[Writer] = []
     if pipeline == "online":
         if online_store is None:
             raise ValueError("online ingestion needs an online store")
@@ -272,6 +281,8 @@ def stream_writers(
         writers += [OfflineRows(feature_set, plan), RawArchive(feature_set, plan)]
         if aggregation is not None:
             writers.append(OfflineTiles(plan, aggregation))
+    # After the main destination, whose job may count the batch on the way (OnlineRows).
+    writers += [DeadLetters(feature_set, plan), SetAside(feature_set, plan)]
     writers += [
         KafkaSinkWriter(
             feature_set,
@@ -408,6 +419,9 @@ def start_ingestion(
     if pipeline == "online":
         if online_store is None:
             raise ValueError("online ingestion needs an online store")
+        # Adaptive execution re-plans at stage boundaries; for an online micro-batch of a
+        # few thousand rows its planning costs more than it can save.
+        session.conf.set("spark.sql.adaptive.enabled", "false")
         if aggregation is not None:
             prepare_online_tiles(online_store, aggregation)
         else:
@@ -434,6 +448,11 @@ def start_ingestion(
             updates=updates,
         ),
         collect,
+        # Offline runs hand every row to several writers (rows, archive, tiles) and the
+        # online tiles read theirs twice (late split, partials): they read a cached batch.
+        # A row-level online batch is written and counted by one job and its latency
+        # counts, so it is not cached: caching costs more than it saves there.
+        cache=pipeline == "offline" or aggregation is not None,
     )
     stream_writer = (
         stream.writeStream.queryName(f"fs_{feature_set.storage_name}_{pipeline}")

@@ -18,20 +18,29 @@ destination idempotently and says what it did in an :class:`Outcome`:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any, Protocol
 
-from pyspark.sql import DataFrame, Window
+import pyarrow as pa
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F  # noqa: N812
 
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sources import KafkaSource
 from fs_dagster.engine.aggregates import apply_partials, encode_partials, tile_partials
-from fs_dagster.engine.computation import BatchContext, Computed, EventRange, event_micros
+from fs_dagster.engine.computation import (
+    INSIDE_COLUMN,
+    MICROS_COLUMN,
+    MISSING_COLUMN,
+    BatchContext,
+    Computed,
+    EventRange,
+    event_micros,
+)
 from fs_dagster.engine.delta import AppendOnce, ReplaceRange, WriteMode, write_delta
 from fs_dagster.engine.sources import (
     ERROR_COLUMN,
@@ -290,7 +299,13 @@ def encode_column(column: str, kind: ColumnKind) -> Any:
 
 
 class OnlineRows:
-    """The latest row per key into the online store (an older event never wins)."""
+    """The latest row per key into the online store (an older event never wins).
+
+    One Spark job per batch: it classifies every output row, writes the newest valid row
+    per key of each partition (the store keeps the newest across partitions, as it
+    compares event times, so no shuffle dedupes), and counts the batch on the way
+    (:meth:`~fs_dagster.engine.computation.Computed.record_output_counts`).
+    """
 
     def __init__(self, feature_set: FeatureSet, store: OnlineStore, table: OnlineTable) -> None:
         self.feature_set = feature_set
@@ -298,32 +313,75 @@ class OnlineRows:
         self.table = table
 
     def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
-        if not computed.row_count:
-            return Outcome()
-        fs = self.feature_set
         table = self.table
         store = self.store
-        ordered = Window.partitionBy(*[F.col(k) for k in fs.key]).orderBy(
-            F.col(EVENT_MICROS_COLUMN).desc()
+        names = [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
+        encoded = computed.classified().select(
+            *[encode_column(c.name, c.kind) for c in table.keys],
+            F.col(MICROS_COLUMN).alias(EVENT_MICROS_COLUMN),
+            *[encode_column(c.name, c.kind) for c in table.features],
+            MISSING_COLUMN,
+            INSIDE_COLUMN,
         )
-        latest = (
-            computed.rows.withColumn(EVENT_MICROS_COLUMN, event_micros(fs))
-            .withColumn("__fs_rank", F.row_number().over(ordered))
-            .where(F.col("__fs_rank") == 1)
-            .select(
-                *[encode_column(c.name, c.kind) for c in table.keys],
-                F.col(EVENT_MICROS_COLUMN),
-                *[encode_column(c.name, c.kind) for c in table.features],
+        width = len(table.keys)
+
+        def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+            invalid = outside = rows = 0
+            newest: int | None = None
+            for batch in batches:
+                for record in batch.to_pylist():
+                    if record[MISSING_COLUMN]:
+                        invalid += 1
+                        continue
+                    micros = record[EVENT_MICROS_COLUMN]
+                    newest = micros if newest is None else max(newest, micros)
+                    if not record[INSIDE_COLUMN]:
+                        outside += 1
+                        continue
+                    rows += 1
+                    key = tuple(record[n] for n in names[:width])
+                    kept = latest.get(key)
+                    # Equal event times: the later record wins, as in the store.
+                    if kept is None or micros >= kept[EVENT_MICROS_COLUMN]:
+                        latest[key] = record
+            written = store.write(table, latest.values()) if latest else 0
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "written": [written],
+                    "invalid": [invalid],
+                    "rows": [rows],
+                    "outside": [outside],
+                    "newest": [newest],
+                },
+                schema=_ROW_WRITE_COUNTS,
             )
+
+        # A small batch costs its tasks more than its rows: one wave of tasks (a Kafka
+        # batch has one partition per topic partition) is as parallel and cheaper.
+        encoded = encoded.coalesce(encoded.sparkSession.sparkContext.defaultParallelism)
+        counts = encoded.mapInArrow(write_partition, _ROW_WRITE_COUNTS_DDL).collect()
+        newest = [c["newest"] for c in counts if c["newest"] is not None]
+        computed.record_output_counts(
+            invalid=sum(c["invalid"] for c in counts),
+            row_count=sum(c["rows"] for c in counts),
+            outside_count=sum(c["outside"] for c in counts),
+            max_event_micros=max(newest) if newest else None,
         )
-        # The count rides along with the write job instead of costing a job of its own.
-        written = latest.sparkSession.sparkContext.accumulator(0)
+        return Outcome(rows_written=sum(c["written"] for c in counts))
 
-        def write_partition(rows: Any) -> None:
-            written.add(store.write(table, (row.asDict() for row in rows)))
 
-        latest.foreachPartition(write_partition)
-        return Outcome(rows_written=int(written.value))
+#: What each partition of an :class:`OnlineRows` job reports.
+_ROW_WRITE_COUNTS = pa.schema(
+    [
+        ("written", pa.int64()),
+        ("invalid", pa.int64()),
+        ("rows", pa.int64()),
+        ("outside", pa.int64()),
+        ("newest", pa.int64()),
+    ]
+)
+_ROW_WRITE_COUNTS_DDL = "written long, invalid long, rows long, outside long, newest long"
 
 
 class OnlineTiles:

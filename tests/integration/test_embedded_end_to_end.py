@@ -154,3 +154,59 @@ def test_debug_table_shows_transformed_stream(spark: SparkSession, tmp_path: Pat
         online.stop()
     assert len(seen) == len(events)
     assert sorted(seen["cents"]) == sorted(round(e["amount"] * 100) for e in events)
+
+
+def _filtered_feature_set(spec: SourceSpec, name: str, where: str) -> fs.FeatureSet:
+    source = spec.build()
+
+    def transformation() -> fs.SparkSqlTransformation:
+        return fs.SparkSqlTransformation(
+            f"SELECT CASE WHEN amount > 250 THEN NULL ELSE user_id END AS user_id, amount, ts "
+            f"FROM {source.name} WHERE {where}"
+        )
+
+    transformation.__name__ = name.replace("-", "_")
+    return fs.streaming.feature_set(
+        name=name, key="user_id", data_sources=[source], timestamp_column_name="ts"
+    )(transformation)
+
+
+@pytest.mark.parametrize(
+    "where", ["true", "false"], ids=["every-row", "nothing-spark-proves-empty"]
+)
+def test_online_batch_counts_every_record_in_its_one_job(
+    spark: SparkSession, tmp_path: Path, where: str
+) -> None:
+    """A row-level online batch is written and counted by one job: source records,
+    malformed ones and output rows without a key are all counted, also when Spark
+    optimises the whole output away (and with it the job's reading of the source)."""
+    spec = SourceSpec("file", f"events_{uuid.uuid4().hex[:8]}", str(tmp_path / "stream"))
+    feature_set = _filtered_feature_set(spec, f"counted-{where}", where)
+    events = make_events(80, users=5, seed=3)
+    write_json_file(Path(spec.location), [json.dumps(e) for e in events] + ["{not json"])
+    online_store = fs.SqliteOnlineStore(tmp_path / "online.db")
+    plan = fs.FeatureStore(
+        online_store=online_store,
+        offline_root=str(tmp_path / "offline"),
+        checkpoint_root=str(tmp_path / "checkpoints"),
+        feature_sets=[feature_set],
+        spark=spark,
+    ).plan(feature_set)
+
+    online = start_ingestion(spark, feature_set, plan, "online", online_store=online_store)
+    try:
+        online.query.processAllAvailable()
+    finally:
+        online.stop()
+    [batch] = online.reports
+    keyless = sum(1 for e in events if e["amount"] > 250) if where == "true" else 0
+    assert batch.rows_in == len(events) + 1
+    assert batch.dead_letters == 1 + keyless
+    assert batch.rows_valid == (len(events) - keyless if where == "true" else 0)
+    stored = online_store.read_rows(
+        online_store.layout(feature_set.storage_name),  # type: ignore[arg-type]
+        [(u,) for u in sorted({e["user_id"] for e in events})],
+    )
+    assert sum(r is not None for r in stored) == (
+        len({e["user_id"] for e in events if e["amount"] <= 250}) if where == "true" else 0
+    )
