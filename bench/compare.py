@@ -12,8 +12,10 @@ checked for correctness in the same run:
 - ``agg``: aggregated ingestion Kafka -> store (3 aggregates x 5 windows, 10,000 keys):
   fs-dagster into Cassandra against Quix Streams tumbling windows into Kafka, events/s;
   then fs-dagster's aggregated online reads (15 features, Cassandra), alone;
-- ``fresh``: row-level ingestion events/s and freshness p50/p99 at 500 ev/s (produce ->
-  readable by ``get_online_features``), fs-dagster alone.
+- ``fresh``: row-level ingestion events/s, and freshness p50/p99 at 500 ev/s (produce ->
+  readable by ``get_online_features``) of a row-level set and of an aggregated one (sum
+  and count of amount, max of seq over 5 windows; the prober reads max seq over 7 days),
+  fs-dagster alone.
 
 ``bench/README.md`` ("compare") says what each figure means and how the ratio reads.
 
@@ -799,8 +801,8 @@ def check_tumbling(
 
 
 def scenario_fresh(ctx: Context) -> dict[str, Any]:
-    """Row-level ingestion events/s and freshness at 500 ev/s, fs-dagster alone (reusing
-    ``bench.online_ingestion``'s runs at trigger interval 0)."""
+    """Row-level ingestion events/s, and freshness at 500 ev/s of a row-level and an
+    aggregated set, fs-dagster alone (``bench.online_ingestion``'s runs, trigger 0 s)."""
     cfg, scale = ctx.cfg, ctx.cfg.sizes
     ocfg = oi.BenchConfig(
         events=scale.fresh_events,
@@ -818,7 +820,7 @@ def scenario_fresh(ctx: Context) -> dict[str, Any]:
     workdir = ctx.workdir / "fresh"
     try:
         store.ensure_keyspace()
-        for suffix in ("warmup", "preload", "steady"):
+        for suffix in ("warmup", "preload", "steady", "steady-agg"):
             topics.append(f"fs-bench-{ctx.run_id}-fr-{suffix}")
             create_topic(cfg.bootstrap, topics[-1], ocfg.partitions)
         oi.warm_up(
@@ -852,11 +854,25 @@ def scenario_fresh(ctx: Context) -> dict[str, Any]:
         )
         ctx.memory.sample()
         freshness["peak_memory_bytes"] = ctx.memory.peak_bytes
+        log.info("fresh: aggregated set (3 aggregates x 5 windows) at %g ev/s", ocfg.rate)
+        ctx.memory.reset()
+        aggregated = oi.fs_freshness(
+            ctx.spark,
+            ocfg,
+            store,
+            topic=topics[3],
+            name=f"cmpfr-{ctx.run_id}-agg",
+            interval=0.0,
+            workdir=workdir,
+            aggregated=True,
+        )
+        ctx.memory.sample()
+        aggregated["peak_memory_bytes"] = ctx.memory.peak_bytes
     finally:
         store.close()
         drop_keyspace(HOST, cfg.cassandra_port, keyspace)
         delete_topics(cfg.bootstrap, topics)
-    return {"throughput": throughput, "freshness": freshness}
+    return {"throughput": throughput, "freshness": freshness, "aggregated_freshness": aggregated}
 
 
 # --------------------------------------------------------------------------- run
@@ -1055,18 +1071,21 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                 load=tp["load_average_before"],
             )
         )
-        for q in ("p50", "p99"):
-            rows.append(
-                _row(
-                    f"row-level freshness @{fr.get('rate', 500):g} ev/s {q}",
-                    "s",
-                    True,
-                    fr.get(q),
-                    {},
-                    peak=fr["peak_memory_bytes"],
-                    load=fr["load_average_before"],
+        for shape, run in (("row-level", fr), ("aggregated", fresh.get("aggregated_freshness"))):
+            if run is None:
+                continue
+            for q in ("p50", "p99"):
+                rows.append(
+                    _row(
+                        f"{shape} freshness @{run.get('rate', 500):g} ev/s {q}",
+                        "s",
+                        True,
+                        run.get(q),
+                        {},
+                        peak=run["peak_memory_bytes"],
+                        load=run["load_average_before"],
+                    )
                 )
-            )
     return rows
 
 
@@ -1137,6 +1156,11 @@ def check_lines(results: dict[str, Any]) -> list[str]:
             f"fresh: {fr.get('samples')} samples, {fr.get('missing')} missing, "
             f"stale keys after ingestion: {fresh['throughput'].get('stale_keys')}"
         )
+        agg = fresh.get("aggregated_freshness")
+        if agg is not None:
+            lines.append(
+                f"fresh, aggregated: {agg.get('samples')} samples, {agg.get('missing')} missing"
+            )
     return lines
 
 

@@ -38,6 +38,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 import fs_dagster as fs
 from bench.common import (
     ReportLog,
@@ -199,28 +201,54 @@ def stale_keys(store: fs.CassandraOnlineStore, table: str, expected: dict[str, i
 
 def wait_visible(
     store: fs.CassandraOnlineStore,
-    table: str,
+    feature_set: fs.FeatureSet,
     timeout: float,
     health: Callable[[], None] = lambda: None,
+    *,
+    workdir: Path,
+    aggregated: bool = False,
 ) -> float:
-    """Wait until the prime event is in ``table``; return how long it took."""
-    layout = bench_layout(table)
+    """Wait until a read of ``feature_set`` sees the prime event; return how long it took."""
+    client = fs.FeatureStore(
+        online_store=store, offline_root=str(workdir / "offline"), feature_sets=[feature_set]
+    )
+    column = probe_column(aggregated)
     began = time.monotonic()
     while time.monotonic() - began < timeout:
         health()
-        if store.read_rows(layout, [(PRIME_KEY,)])[0] is not None:
+        try:
+            frame = client.get_online_features(feature_set, [PRIME_KEY])
+        except LookupError:  # no table (or tiles) yet
+            frame = None
+        if frame is not None and not pd.isna(frame[column].iloc[0]):
             return time.monotonic() - began
         time.sleep(0.2)
-    raise TimeoutError(f"the prime event did not reach {table} within {timeout} s")
+    raise TimeoutError(f"the prime event did not reach {feature_set.name} within {timeout} s")
 
 
 # --------------------------------------------------------------------------- fs-dagster
 
 
+#: Windows of the aggregated bench set: sum and count of ``amount`` and max of ``seq``
+#: over each, 3 aggregates x 5 windows (the prober reads ``max_seq`` over the longest).
+AGGREGATED_WINDOWS = ("1m", "10m", "1h", "1d", "7d")
+
+
+def probe_column(aggregated: bool) -> str:
+    """The feature whose value tells the prober which event a key's vector has seen."""
+    return f"max_seq_{AGGREGATED_WINDOWS[-1]}" if aggregated else "seq"
+
+
 def bench_feature_set(
-    name: str, topic: str, bootstrap: str, *, max_offsets_per_trigger: int
+    name: str,
+    topic: str,
+    bootstrap: str,
+    *,
+    max_offsets_per_trigger: int,
+    aggregated: bool = False,
 ) -> fs.FeatureSet:
-    """A feature set passing the source columns through; ``seq`` is a feature.
+    """A feature set passing the source columns through (``seq`` is a feature), or with
+    ``aggregated`` sum/count of ``amount`` and max of ``seq`` over 5 windows.
 
     Kept free of Spark so that the prober process can build it to read the online table
     through :meth:`fs_dagster.FeatureStore.get_online_features`.
@@ -242,8 +270,16 @@ def bench_feature_set(
     )
 
     def transformation() -> fs.SparkSqlTransformation:
-        return fs.SparkSqlTransformation(
+        sql = fs.SparkSqlTransformation(
             f"SELECT user_id, amount, is_remote, seq, ts FROM {source_name}"
+        )
+        if not aggregated:
+            return sql
+        return (
+            sql.aggregate(fs.Aggregation.sum("amount"))
+            .aggregate(fs.Aggregation.count("amount"))
+            .aggregate(fs.Aggregation.max("seq"))
+            .by_windows(*AGGREGATED_WINDOWS)
         )
 
     transformation.__name__ = source_name
@@ -281,7 +317,7 @@ def warm_up(
     try:
         produce_prime(cfg.bootstrap, topic)
         return wait_visible(
-            store, feature_set.storage_name, cfg.run_timeout, lambda: check_query(ingestion)
+            store, feature_set, cfg.run_timeout, lambda: check_query(ingestion), workdir=workdir
         )
     finally:
         stop_when_idle(ingestion)
@@ -367,10 +403,16 @@ def fs_freshness(
     name: str,
     interval: float,
     workdir: Path,
+    aggregated: bool = False,
 ) -> dict[str, Any]:
-    """Run the online pipeline on an empty topic while the prober produces and reads."""
+    """Run the online pipeline on an empty topic while the prober produces and reads
+    (a row-level set, or with ``aggregated`` 3 aggregates over 5 windows)."""
     feature_set = bench_feature_set(
-        name, topic, cfg.bootstrap, max_offsets_per_trigger=cfg.max_offsets_per_trigger
+        name,
+        topic,
+        cfg.bootstrap,
+        max_offsets_per_trigger=cfg.max_offsets_per_trigger,
+        aggregated=aggregated,
     )
     reports = ReportLog()
     load_before = os.getloadavg()[0]
@@ -386,10 +428,20 @@ def fs_freshness(
     try:
         produce_prime(cfg.bootstrap, topic)
         startup = wait_visible(
-            store, feature_set.storage_name, cfg.run_timeout, lambda: check_query(ingestion)
+            store,
+            feature_set,
+            cfg.run_timeout,
+            lambda: check_query(ingestion),
+            workdir=workdir,
+            aggregated=aggregated,
         )
         probe = run_prober(
-            cfg, keyspace=store.keyspace, topic=topic, feature_set_name=name, workdir=workdir
+            cfg,
+            keyspace=store.keyspace,
+            topic=topic,
+            feature_set_name=name,
+            workdir=workdir,
+            aggregated=aggregated,
         )
         check_query(ingestion)
     finally:
@@ -404,6 +456,7 @@ def fs_freshness(
     reported = [r.freshness_seconds for r in window if r.freshness_seconds is not None]
     return {
         "pipeline": "fs-dagster",
+        "feature_set": "aggregated" if aggregated else "row-level",
         "trigger_interval": interval,
         "startup_seconds": startup,
         **probe,
@@ -612,7 +665,8 @@ def baseline_freshness(
     runner.start()
     try:
         produce_prime(cfg.bootstrap, topic)
-        startup = wait_visible(store, table_name, cfg.run_timeout, runner.check)
+        read_as = bench_feature_set(name, topic, cfg.bootstrap, max_offsets_per_trigger=1)
+        startup = wait_visible(store, read_as, cfg.run_timeout, runner.check, workdir=workdir)
         probe = run_prober(
             cfg, keyspace=store.keyspace, topic=topic, feature_set_name=name, workdir=workdir
         )
@@ -649,6 +703,7 @@ class ProbeSpec:
     sample_every: int
     drain_timeout: float
     seed: int
+    aggregated: bool = False
 
 
 @dataclass(frozen=True)
@@ -672,8 +727,13 @@ def _probe(spec: ProbeSpec) -> dict[str, Any]:
     from confluent_kafka import Producer
 
     feature_set = bench_feature_set(
-        spec.feature_set_name, spec.topic, spec.bootstrap, max_offsets_per_trigger=1
+        spec.feature_set_name,
+        spec.topic,
+        spec.bootstrap,
+        max_offsets_per_trigger=1,
+        aggregated=spec.aggregated,
     )
+    column = probe_column(spec.aggregated)
     store = fs.CassandraOnlineStore(hosts=[HOST], port=spec.cassandra_port, keyspace=spec.keyspace)
     client = fs.FeatureStore(
         online_store=store, offline_root=spec.offline_root, feature_sets=[feature_set]
@@ -756,7 +816,7 @@ def _probe(spec: ProbeSpec) -> dict[str, Any]:
         polls.append(seen_at - began)
         stored = {
             key: int(value)
-            for key, value in zip(frame["user_id"], frame["seq"], strict=True)
+            for key, value in zip(frame["user_id"], frame[column], strict=True)
             if not pd.isna(value)
         }
         for sample in oldest:
@@ -798,7 +858,13 @@ def _probe(spec: ProbeSpec) -> dict[str, Any]:
 
 
 def run_prober(
-    cfg: BenchConfig, *, keyspace: str, topic: str, feature_set_name: str, workdir: Path
+    cfg: BenchConfig,
+    *,
+    keyspace: str,
+    topic: str,
+    feature_set_name: str,
+    workdir: Path,
+    aggregated: bool = False,
 ) -> dict[str, Any]:
     """Run the prober in its own process, so that it shares no interpreter lock with the
     pipeline under test, and return its figures."""
@@ -816,6 +882,7 @@ def run_prober(
         sample_every=cfg.sample_every,
         drain_timeout=cfg.drain_timeout,
         seed=cfg.seed + 1,
+        aggregated=aggregated,
     )
     context = mp.get_context("spawn")
     results: Queue[Any] = context.Queue()
