@@ -841,38 +841,32 @@ def scenario_fresh(ctx: Context) -> dict[str, Any]:
         )
         ctx.memory.sample()
         throughput["peak_memory_bytes"] = ctx.memory.peak_bytes
+
+        def freshness(topic: str, name: str, *, aggregated: bool) -> dict[str, Any]:
+            ctx.memory.reset()
+            run = oi.fs_freshness(
+                ctx.spark,
+                ocfg,
+                store,
+                topic=topic,
+                name=name,
+                interval=0.0,
+                workdir=workdir,
+                aggregated=aggregated,
+            )
+            ctx.memory.sample()
+            run["peak_memory_bytes"] = ctx.memory.peak_bytes
+            return run
+
         log.info("fresh: freshness at %g ev/s for %g s", ocfg.rate, ocfg.seconds)
-        ctx.memory.reset()
-        freshness = oi.fs_freshness(
-            ctx.spark,
-            ocfg,
-            store,
-            topic=topics[2],
-            name=f"cmpfr-{ctx.run_id}-fr",
-            interval=0.0,
-            workdir=workdir,
-        )
-        ctx.memory.sample()
-        freshness["peak_memory_bytes"] = ctx.memory.peak_bytes
+        row_level = freshness(topics[2], f"cmpfr-{ctx.run_id}-fr", aggregated=False)
         log.info("fresh: aggregated set (3 aggregates x 5 windows) at %g ev/s", ocfg.rate)
-        ctx.memory.reset()
-        aggregated = oi.fs_freshness(
-            ctx.spark,
-            ocfg,
-            store,
-            topic=topics[3],
-            name=f"cmpfr-{ctx.run_id}-agg",
-            interval=0.0,
-            workdir=workdir,
-            aggregated=True,
-        )
-        ctx.memory.sample()
-        aggregated["peak_memory_bytes"] = ctx.memory.peak_bytes
+        aggregated = freshness(topics[3], f"cmpfr-{ctx.run_id}-agg", aggregated=True)
     finally:
         store.close()
         drop_keyspace(HOST, cfg.cassandra_port, keyspace)
         delete_topics(cfg.bootstrap, topics)
-    return {"throughput": throughput, "freshness": freshness, "aggregated_freshness": aggregated}
+    return {"throughput": throughput, "freshness": row_level, "aggregated_freshness": aggregated}
 
 
 # --------------------------------------------------------------------------- run
