@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +52,7 @@ import fs_dagster as fs
 from bench.common import (
     PeakMemory,
     fmt,
+    measured,
     ratio,
     spark_jars,
     storage_plan,
@@ -192,25 +193,6 @@ def outputs_of(feature_set: fs.FeatureSet) -> list[Output]:
 # --------------------------------------------------------------------------- the two sides
 
 
-def timed(memory: PeakMemory, action: Callable[[], Any]) -> tuple[float, Any, dict[str, Any]]:
-    """Run ``action``; return its wall-clock seconds, its result and how the machine was."""
-    load_before = os.getloadavg()[0]
-    memory.reset()
-    began = time.perf_counter()
-    result = action()
-    seconds = time.perf_counter() - began
-    memory.sample()
-    return (
-        seconds,
-        result,
-        {
-            "peak_memory_bytes": memory.peak_bytes,
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg()[0],
-        },
-    )
-
-
 def fs_backfill(
     spark: SparkSession,
     feature_set: fs.FeatureSet,
@@ -223,7 +205,7 @@ def fs_backfill(
     """fs-dagster's backfill of the 30 days as one range; offline rows and tiles, and
     the online store's seed when one is given."""
     plan = storage_plan(feature_set, workdir)
-    seconds, report, machine = timed(
+    seconds, report, machine = measured(
         memory,
         lambda: run_range(spark, feature_set, plan, START, END, online_store=online_store),
     )
@@ -273,7 +255,7 @@ def baseline(
         windows = baseline_windows(spark.read.parquet(str(history)), outputs)
         windows.write.format("delta").mode("overwrite").save(str(out))
 
-    seconds, _, machine = timed(memory, action)
+    seconds, _, machine = measured(memory, action)
     return {"seconds": seconds, "events_per_second": events / seconds, **machine}
 
 

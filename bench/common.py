@@ -11,7 +11,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -304,3 +304,23 @@ class PeakMemory:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def measured(memory: PeakMemory, action: Callable[[], Any]) -> tuple[float, Any, dict[str, Any]]:
+    """Run ``action``; its wall-clock seconds, its result, and the peak memory and load
+    average while it ran (for a results row)."""
+    load_before = os.getloadavg()[0]
+    memory.reset()
+    began = time.perf_counter()
+    result = action()
+    seconds = time.perf_counter() - began
+    memory.sample()
+    return (
+        seconds,
+        result,
+        {
+            "peak_memory_bytes": memory.peak_bytes,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg()[0],
+        },
+    )

@@ -61,6 +61,7 @@ from bench.common import (
     drop_keyspace,
     fmt,
     kafka_common,
+    measured,
     percentile,
     spark_jars,
     storage_plan,
@@ -377,25 +378,6 @@ def row_feature_set(name: str, features: Path, stream_dir: Path) -> fs.FeatureSe
     return fs.streaming.feature_set(
         name=name, key="user_id", data_sources=[stream], timestamp_column_name="ts"
     )(backfill(transformation))
-
-
-def measured(memory: PeakMemory, action: Callable[[], Any]) -> tuple[float, Any, dict[str, Any]]:
-    """Run ``action``; its wall-clock seconds, result, and peak memory and load."""
-    load_before = os.getloadavg()[0]
-    memory.reset()
-    began = time.perf_counter()
-    result = action()
-    seconds = time.perf_counter() - began
-    memory.sample()
-    return (
-        seconds,
-        result,
-        {
-            "peak_memory_bytes": memory.peak_bytes,
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg()[0],
-        },
-    )
 
 
 def latency(times: Sequence[float]) -> dict[str, Any]:
