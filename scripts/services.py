@@ -384,7 +384,13 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def spawn(layout: Layout, command: Sequence[str], env: dict[str, str] | None = None) -> int:
-    """Start ``command`` detached in a new session with output appended to the log."""
+    """Start ``command`` detached in a new session with output appended to the log.
+
+    ``JAVA_TOOL_OPTIONS`` is not passed on: the tests set it for their short-lived Spark
+    drivers (``tests/jvm_archive.py``), and the long-running servers want none of it.
+    """
+    env = dict(os.environ if env is None else env)
+    env.pop("JAVA_TOOL_OPTIONS", None)
     layout.log.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         if layout.log.stat().st_size > LOG_ROTATE_BYTES:

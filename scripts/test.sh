@@ -16,6 +16,10 @@ echo "==> starting Kafka, Cassandra and S3 on 127.0.0.1"
 scripts/services.sh start
 took "services"
 
+echo "==> JVM class archive for the tests' short-lived Spark drivers (tests/jvm_archive.py)"
+.venv/bin/python -m tests.jvm_archive
+took "JVM class archive"
+
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -23,6 +23,7 @@ from typing import Any
 import requests
 
 from fs_dagster.orchestration.naming import HEARTBEAT_TAG
+from tests.jvm_archive import short_lived
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -77,7 +78,7 @@ def project_env(home: Path, dagster_yaml: str = "") -> dict[str, str]:
     env["FS_DEMO_SCHEDULE"] = "off"
     env["DAGSTER_HOME"] = str(dagster_home)
     env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return short_lived(env)  # the runs' Spark drivers live for seconds to minutes
 
 
 # --------------------------------------------------------------------------- processes

@@ -24,6 +24,7 @@ from pyspark.sql import SparkSession
 
 import fs_dagster as fs
 from fs_dagster.engine.pipeline import IngestionQuery, start_ingestion
+from tests.jvm_archive import short_lived
 
 _LAST_MTIME = [0]
 
@@ -239,6 +240,7 @@ def spawn_ingest_driver(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env=short_lived(dict(os.environ)),
     )
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -26,12 +25,12 @@ from tests.integration.scenario import (
     ingest_online,
     make_events,
     produce,
+    spawn_ingest_driver,
     write_json_file,
 )
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = "user_id STRING, amount DOUBLE, is_remote BOOLEAN, label STRING, ts TIMESTAMP"
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -183,14 +182,7 @@ def test_aggregation_column_errors(
 
 
 def _driver(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.ingest_driver", "--aggregated", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return spawn_ingest_driver("--aggregated", *args)
 
 
 @pytest.mark.kafka
