@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from fs_dagster.aggregation.states import StateSpec, state_specs
-from fs_dagster.aggregation.tiles import read_ranges, resolutions_for, retention_seconds
+from fs_dagster.aggregation.tiles import read_spans, resolutions_for, retention_seconds
 from fs_dagster.definitions.aggregations import AggregateSpec, Window
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.stores.online.base import ColumnKind, OnlineColumn, TileTable
@@ -88,8 +88,7 @@ class AggregationPlan:
         ``seeded_at`` skips tiles whose retention had passed by then. So a read is
         complete when, for each resolution, its first needed tile cannot be gone.
         """
-        _, ranges = read_ranges(self.window_seconds, at_micros, self.resolutions)
-        for needed in ranges:
+        for needed in read_spans(tuple(self.window_seconds), at_micros, self.resolutions):
             retention = self.retention(needed.resolution)
             written = max(needed.first, written_since or needed.first)
             skipped = seeded_at is not None and needed.first + retention < seeded_at

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ddsketch import DDSketch
@@ -55,7 +56,7 @@ class StateSpec:
     column: str
     capacity: int = 0
 
-    @property
+    @cached_property
     def key(self) -> str:
         """The state's key in a tile state dict."""
         return f"{self.kind}:{self.column}"
@@ -175,15 +176,16 @@ def merge_value(spec: StateSpec, a: Any, b: Any) -> Any:
 
 def merge_states(specs: Iterable[StateSpec], states: Iterable[State | None]) -> State:
     """Merge tile states into one (the empty merge is ``{}``)."""
-    spec_list = list(specs)
+    keyed = [(spec.key, spec) for spec in specs]
     result: State = {}
     for state in states:
         if not state:
             continue
-        for spec in spec_list:
-            value = state.get(spec.key)
+        for key, spec in keyed:
+            value = state.get(key)
             if value is not None:
-                result[spec.key] = merge_value(spec, result.get(spec.key), value)
+                current = result.get(key)
+                result[key] = value if current is None else merge_value(spec, current, value)
     return result
 
 

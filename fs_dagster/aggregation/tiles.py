@@ -22,6 +22,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = [
     "LADDER",
@@ -31,6 +32,7 @@ __all__ = [
     "decompose",
     "edge_resolution",
     "read_ranges",
+    "read_spans",
     "resolutions_for",
     "retention_seconds",
     "window_bounds",
@@ -145,6 +147,18 @@ def read_ranges(
             bounds[resolution] = (min(low, tile), max(high, tile))
     ranges = [TileRange(r, low, high) for r, (low, high) in sorted(bounds.items())]
     return per_window, ranges
+
+
+@lru_cache(maxsize=64)
+def read_spans(
+    windows: tuple[int, ...], at_micros: int, resolutions: tuple[int, ...]
+) -> tuple[TileRange, ...]:
+    """Per resolution, the range of tiles a read at ``at_micros`` needs.
+
+    Cached: an online read asks twice (is any of them expired? then which to read), and
+    reads at the same time (a batch of keys, a replay's step) share it.
+    """
+    return tuple(read_ranges(windows, at_micros, resolutions)[1])
 
 
 def retention_seconds(resolution: int, windows: Sequence[int], lateness_seconds: int) -> int:
