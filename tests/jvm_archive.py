@@ -5,9 +5,9 @@ the runs ``dagster dev`` launches, the CLI materialization. Each pays for loadin
 verifying some 20,000 classes and for compiling them hot. A dynamic CDS archive
 (Java's ``-XX:ArchiveClassesAtExit``) recorded once by a short ingestion keeps those
 classes pre-parsed; with the client compiler alone (``-XX:TieredStopAtLevel=1``, for the
-drivers the tests start in their own processes) a short-lived driver reaches its first
-micro-batch about 40% sooner (measured on 2 cores: an online and an offline ingestion
-driver, 57-69 s without, 35-39 s with).
+drivers the tests start in their own processes) short-lived drivers finish about 40%
+sooner (measured on 2 cores: an online and an offline crash driver, 57-69 s without,
+35-39 s with).
 
 ``python -m tests.jvm_archive`` records the archive under ``.services/spark/cds/``
 (``scripts/test.sh`` does, once per Java, pyspark and jar set); ``tests/conftest.py``
