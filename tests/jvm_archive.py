@@ -1,8 +1,8 @@
-"""A class-data archive that makes the tests' Spark drivers start in about half the time.
+"""A class-data archive that makes the tests' short-lived Spark drivers start faster.
 
 Most of the suite's Spark drivers live for seconds: the crash tests' ingestion processes,
 the runs ``dagster dev`` launches, the CLI materialization. Each pays for loading and
-verifying some 20,000 classes and for compiling them hot. A dynamic CDS archive
+verifying Spark's classes and for compiling them hot. A dynamic CDS archive
 (Java's ``-XX:ArchiveClassesAtExit``) recorded once by a short ingestion keeps those
 classes pre-parsed; with the client compiler alone (``-XX:TieredStopAtLevel=1``, for the
 drivers the tests start in their own processes) short-lived drivers finish about 40%
