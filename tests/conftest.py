@@ -10,7 +10,7 @@ pytest_plugins = ["tests.fixtures.services"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Short-lived test JVMs (every Spark driver the tests start) use the class archive
+    """Every JVM the tests start (the session's Spark too) loads classes from the archive
     ``scripts/test.sh`` records; see ``tests/jvm_archive.py``."""
     options = jvm_archive.java_options()
     if options:
