@@ -69,6 +69,7 @@ __all__ = [
     "prepare_online_tiles",
     "read_aggregates",
     "tile_partials",
+    "write_partials",
 ]
 
 _MICROS = "__fs_event_micros"
@@ -232,6 +233,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _key_value(value: Any) -> Any:
+    # A key as a Spark row would give it: pandas hands timestamps over as pd.Timestamp.
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return _plain(value)
+
+
 def encode_partials(partials: DataFrame, plan: AggregationPlan) -> DataFrame:
     """Turn Spark partial rows into ``(key..., resolution, tile_start, state JSON)``."""
     keys = list(plan.feature_set.key)
@@ -260,6 +268,46 @@ def encode_partials(partials: DataFrame, plan: AggregationPlan) -> DataFrame:
             )
 
     return partials.mapInPandas(encode, schema=schema)  # type: ignore[arg-type]
+
+
+def write_partials(
+    partials: DataFrame,
+    store: OnlineStore,
+    plan: AggregationPlan,
+    version: int,
+    *,
+    fresh_after: int | None = None,
+    overwrite_at: int | None = None,
+) -> int:
+    """Merge the partial rows of :func:`tile_partials` into the stored online tiles (see
+    :func:`apply_partials`) in one Spark job; returns how many tiles were written.
+
+    Each partition encodes its partials and writes them in the same Python worker: the
+    rows cross from the JVM to Python once, as Arrow batches.
+    """
+    keys = list(plan.feature_set.key)
+    states = plan.states
+
+    def write(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+        written = 0
+        for batch in batches:
+            records: list[dict[str, Any]] = batch.to_dict("records")  # type: ignore[assignment]
+            encoded = (
+                {
+                    **{k: _key_value(r[k]) for k in keys},
+                    _RES: r[_RES],
+                    _TILE: r[_TILE],
+                    "state": json.dumps(partial_state(r, states), separators=(",", ":")),
+                }
+                for r in records
+            )
+            written += apply_partials(
+                store, plan, encoded, version, fresh_after=fresh_after, overwrite_at=overwrite_at
+            )
+        yield pd.DataFrame({"written": [written]})
+
+    counts = partials.mapInPandas(write, schema="written long").collect()  # type: ignore[arg-type]
+    return sum(int(row["written"]) for row in counts)
 
 
 def partial_state(row: Mapping[str, Any], states: Sequence[StateSpec]) -> dict[str, Any]:

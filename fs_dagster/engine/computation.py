@@ -157,6 +157,7 @@ class Computed:
         inside = owned.contains(micros)
         self._missing, self._inside, self._micros = missing, inside, micros
         self._observations = observations
+        self._output_observation: Observation | None = None
         self._counts: BatchCounts | None = None
 
     # Built when a writer asks: each DataFrame costs Spark an analysis, and a batch's
@@ -186,6 +187,51 @@ class Computed:
             self._inside.alias(INSIDE_COLUMN),
             self._micros.alias(MICROS_COLUMN),
         )
+
+    def observed_rows(self, late_before: int | None = None) -> DataFrame:
+        """:attr:`rows` whose event time is at or after ``late_before`` (all of them when
+        ``None``), counting every output row on the way.
+
+        For a writer whose one job reads the output through a shuffle (where it cannot
+        count rows itself): after that job's action, :meth:`record_observed_counts` takes
+        the counts and says how many rows of :attr:`rows` were older than ``late_before``.
+        """
+        valid = ~self._missing
+        late = F.lit(False)
+        if late_before is not None:
+            late = valid & self._inside & (self._micros < F.lit(late_before))
+        observation = Observation()
+        observed = self.features.observe(
+            observation,
+            F.count(F.when(self._missing, F.lit(1))).alias("invalid"),
+            F.count(F.when(valid & self._inside, F.lit(1))).alias("rows"),
+            F.count(F.when(valid & ~self._inside, F.lit(1))).alias("outside"),
+            F.max(F.when(valid, self._micros)).alias("newest"),
+            F.count(F.when(late, F.lit(1))).alias("late"),
+        )
+        self._output_observation = observation
+        return observed.where(valid & self._inside & ~late)
+
+    def record_observed_counts(self) -> int:
+        """Record the counts observed by the action over :meth:`observed_rows`; returns
+        how many rows it left out as older than its ``late_before``."""
+        observation = self._output_observation
+        if observation is None:
+            raise RuntimeError("record_observed_counts needs a finished observed_rows action")
+        self._output_observation = None
+        try:
+            observed = observation.get
+        except Py4JJavaError:
+            # Spark proved the output empty and never computed it: nothing was late.
+            self._counts = self._count()
+            return 0
+        self.record_output_counts(
+            invalid=int(observed["invalid"]),
+            row_count=int(observed["rows"]),
+            outside_count=int(observed["outside"]),
+            max_event_micros=observed["newest"],
+        )
+        return int(observed["late"])
 
     def record_output_counts(
         self, invalid: int, row_count: int, outside_count: int, max_event_micros: int | None

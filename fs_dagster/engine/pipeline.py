@@ -448,11 +448,11 @@ def start_ingestion(
             updates=updates,
         ),
         collect,
-        # Offline runs hand every row to several writers (rows, archive, tiles) and the
-        # online tiles read theirs twice (late split, partials): they read a cached batch.
-        # A row-level online batch is written and counted by one job and its latency
-        # counts, so it is not cached: caching costs more than it saves there.
-        cache=pipeline == "offline" or aggregation is not None,
+        # Offline runs hand every row to several writers (rows, archive, tiles): they read
+        # a cached batch. An online batch (rows, or tiles) is written and counted by one
+        # job and its latency counts, so it is not cached: caching costs more than it
+        # saves there.
+        cache=pipeline == "offline",
     )
     stream_writer = (
         stream.writeStream.queryName(f"fs_{feature_set.storage_name}_{pipeline}")

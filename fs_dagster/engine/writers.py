@@ -31,7 +31,7 @@ from pyspark.sql import functions as F  # noqa: N812
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sources import KafkaSource
-from fs_dagster.engine.aggregates import apply_partials, encode_partials, tile_partials
+from fs_dagster.engine.aggregates import encode_partials, tile_partials, write_partials
 from fs_dagster.engine.computation import (
     INSIDE_COLUMN,
     MICROS_COLUMN,
@@ -390,6 +390,11 @@ class OnlineTiles:
     The watermark of a batch is the newest event time recorded by earlier batches (kept
     per batch id in the store, so a replay sees the same one) minus the lateness; older
     events go to the late-events table and change no tile.
+
+    One Spark job per batch: it computes the on-time rows' tile partials, merges them into
+    the stored tiles (:func:`~fs_dagster.engine.aggregates.write_partials`) and counts the
+    batch on the way (:meth:`~fs_dagster.engine.computation.Computed.observed_rows`). A
+    batch with late events runs a second job that writes them.
     """
 
     def __init__(
@@ -413,41 +418,28 @@ class OnlineTiles:
         previous = store.progress_before(progress, batch_id)
         lateness = int(fs.allowed_lateness.total_seconds() * 1_000_000)
         watermark = previous - lateness if previous is not None else None
-        late_count = tiles = 0
-        if computed.row_count:
-            on_time = computed.rows
-            if watermark is not None:
-                micros = event_micros(fs)
-                on_time = computed.rows.where(micros >= F.lit(watermark))
-                late = computed.rows.where(micros < F.lit(watermark)).persist()
-                try:
-                    late_count = late.count()
-                    if late_count:
-                        newest = datetime.fromtimestamp((previous or 0) / 1e6, UTC).isoformat()
-                        write_late_events(
-                            fs,
-                            self.plan,
-                            late,
-                            ctx,
-                            sources=computed.sources,
-                            reason=(
-                                f"event time is older than the watermark: newest event time "
-                                f"seen {newest} minus allowed_lateness {fs.allowed_lateness}"
-                            ),
-                            watermark=watermark,
-                            destination="late",
-                        )
-                finally:
-                    late.unpersist()
-            encoded = encode_partials(tile_partials(on_time, plan), plan)
-            written = encoded.sparkSession.sparkContext.accumulator(0)
-
-            def write_partition(rows: Any) -> None:
-                partials = (row.asDict() for row in rows)
-                written.add(apply_partials(store, plan, partials, batch_id, fresh_after=previous))
-
-            encoded.foreachPartition(write_partition)
-            tiles = int(written.value)
+        # One job: the on-time rows' partials are merged into the tiles, and the batch is
+        # counted on the way (late rows included); late rows, if any, cost a second one.
+        on_time = computed.observed_rows(late_before=watermark)
+        tiles = write_partials(
+            tile_partials(on_time, plan), store, plan, batch_id, fresh_after=previous
+        )
+        late_count = computed.record_observed_counts()
+        if late_count:
+            newest = datetime.fromtimestamp((previous or 0) / 1e6, UTC).isoformat()
+            write_late_events(
+                fs,
+                self.plan,
+                computed.rows.where(event_micros(fs) < F.lit(watermark)),
+                ctx,
+                sources=computed.sources,
+                reason=(
+                    f"event time is older than the watermark: newest event time "
+                    f"seen {newest} minus allowed_lateness {fs.allowed_lateness}"
+                ),
+                watermark=watermark,
+                destination="late",
+            )
         candidates = [v for v in (previous, computed.max_event_micros) if v is not None]
         if candidates:
             store.record_progress(progress, batch_id, max(candidates))
@@ -478,15 +470,10 @@ class SeedOnlineTiles:
         now_seconds = seeded // 1_000_000
         # Recorded before writing: a read that needs a skipped tile is refused from now on.
         store.mark_tiles_seeded(plan.tile_table, seeded)
-        encoded = encode_partials(tile_partials(computed.rows, plan), plan)
-        written = encoded.sparkSession.sparkContext.accumulator(0)
-
-        def write_partition(rows: Any) -> None:
-            partials = (row.asDict() for row in rows)
-            written.add(apply_partials(store, plan, partials, version, overwrite_at=now_seconds))
-
-        encoded.foreachPartition(write_partition)
-        return Outcome(tiles_written=int(written.value))
+        written = write_partials(
+            tile_partials(computed.rows, plan), store, plan, version, overwrite_at=now_seconds
+        )
+        return Outcome(tiles_written=written)
 
 
 class OfflineRows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,14 +157,19 @@ def test_debug_table_shows_transformed_stream(spark: SparkSession, tmp_path: Pat
     assert sorted(seen["cents"]) == sorted(round(e["amount"] * 100) for e in events)
 
 
-def _filtered_feature_set(spec: SourceSpec, name: str, where: str) -> fs.FeatureSet:
+def _filtered_feature_set(
+    spec: SourceSpec, name: str, where: str, *, aggregated: bool = False
+) -> fs.FeatureSet:
     source = spec.build()
 
     def transformation() -> fs.SparkSqlTransformation:
-        return fs.SparkSqlTransformation(
+        sql = fs.SparkSqlTransformation(
             f"SELECT CASE WHEN amount > 250 THEN NULL ELSE user_id END AS user_id, amount, ts "
             f"FROM {source.name} WHERE {where}"
         )
+        if not aggregated:
+            return sql
+        return sql.aggregate(fs.Aggregation.count("amount")).by_windows("30d")
 
     transformation.__name__ = name.replace("-", "_")
     return fs.streaming.feature_set(
@@ -171,27 +177,31 @@ def _filtered_feature_set(spec: SourceSpec, name: str, where: str) -> fs.Feature
     )(transformation)
 
 
+@pytest.mark.parametrize("aggregated", [False, True], ids=["row-level", "aggregated"])
 @pytest.mark.parametrize(
     "where", ["true", "false"], ids=["every-row", "nothing-spark-proves-empty"]
 )
 def test_online_batch_counts_every_record_in_its_one_job(
-    spark: SparkSession, tmp_path: Path, where: str
+    spark: SparkSession, tmp_path: Path, where: str, aggregated: bool
 ) -> None:
-    """A row-level online batch is written and counted by one job: source records,
-    malformed ones and output rows without a key are all counted, also when Spark
-    optimises the whole output away (and with it the job's reading of the source)."""
+    """An online batch (latest rows, or tiles) is written and counted by one job: source
+    records, malformed ones and output rows without a key are all counted, also when
+    Spark optimises the whole output away (and with it the job's reading of the source)."""
     spec = SourceSpec("file", f"events_{uuid.uuid4().hex[:8]}", str(tmp_path / "stream"))
-    feature_set = _filtered_feature_set(spec, f"counted-{where}", where)
+    feature_set = _filtered_feature_set(
+        spec, f"counted-{where}-{aggregated}", where, aggregated=aggregated
+    )
     events = make_events(80, users=5, seed=3)
     write_json_file(Path(spec.location), [json.dumps(e) for e in events] + ["{not json"])
     online_store = fs.SqliteOnlineStore(tmp_path / "online.db")
-    plan = fs.FeatureStore(
+    store = fs.FeatureStore(
         online_store=online_store,
         offline_root=str(tmp_path / "offline"),
         checkpoint_root=str(tmp_path / "checkpoints"),
         feature_sets=[feature_set],
         spark=spark,
-    ).plan(feature_set)
+    )
+    plan = store.plan(feature_set)
 
     online = start_ingestion(spark, feature_set, plan, "online", online_store=online_store)
     try:
@@ -203,6 +213,17 @@ def test_online_batch_counts_every_record_in_its_one_job(
     assert batch.rows_in == len(events) + 1
     assert batch.dead_letters == 1 + keyless
     assert batch.rows_valid == (len(events) - keyless if where == "true" else 0)
+    kept = [e for e in events if e["amount"] <= 250] if where == "true" else []
+    users = sorted({e["user_id"] for e in events})
+    if aggregated:
+        # Oracle: the events each user kept, all inside the 30 days before the last one.
+        assert batch.tiles_written > 0 if kept else batch.tiles_written == 0
+        if kept:
+            at = max(datetime.fromisoformat(e["ts"]) for e in events)
+            values = store.get_online_features(feature_set, users, at=at)
+            expected = [sum(1 for e in kept if e["user_id"] == u) for u in users]
+            assert [int(v) if pd.notna(v) else 0 for v in values["count_amount_30d"]] == expected
+        return
     stored = online_store.read_rows(
         online_store.layout(feature_set.storage_name),  # type: ignore[arg-type]
         [(u,) for u in sorted({e["user_id"] for e in events})],
