@@ -11,7 +11,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -216,13 +217,31 @@ def drop_keyspace(host: str, port: int, keyspace: str) -> None:
         session.cluster.shutdown()
 
 
+#: Processes that :func:`process_tree_rss` leaves out, with their descendants: load
+#: generators a bench starts beside what it measures (see :func:`not_measured`).
+_NOT_MEASURED: set[int] = set()
+
+
+@contextmanager
+def not_measured(pid: int) -> Iterator[None]:
+    """Leave process ``pid`` and its descendants out of :func:`process_tree_rss` (and so
+    out of :class:`PeakMemory`) while the block runs: e.g. the freshness prober, which
+    produces and reads as clients would and is not part of the pipeline measured."""
+    _NOT_MEASURED.add(pid)
+    try:
+        yield
+    finally:
+        _NOT_MEASURED.discard(pid)
+
+
 def process_tree_rss(root: int | None = None) -> int:
     """Resident bytes of process ``root`` (default: this one) and all its descendants.
 
     Spark's JVM is a child of the driver and its Python workers children of the JVM, so
-    this counts all three. Pages shared between processes (forked Python workers) count
-    once per process, as ``psutil``'s ``rss`` would: an upper bound. Linux only: it reads
-    ``/proc`` because psutil is not one of the project's dependencies.
+    this counts all three; processes marked :func:`not_measured` are left out. Pages
+    shared between processes (forked Python workers) count once per process, as
+    ``psutil``'s ``rss`` would: an upper bound. Linux only: it reads ``/proc`` because
+    psutil is not one of the project's dependencies.
     """
     root = os.getpid() if root is None else root
     children: dict[int, list[int]] = {}
@@ -241,6 +260,8 @@ def process_tree_rss(root: int | None = None) -> int:
     pending = [root]
     while pending:
         pid = pending.pop()
+        if pid in _NOT_MEASURED:
+            continue
         pending.extend(children.get(pid, ()))
         try:
             total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page

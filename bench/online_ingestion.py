@@ -51,6 +51,7 @@ from bench.common import (
     drop_keyspace,
     fmt,
     kafka_common,
+    not_measured,
     percentile,
     ratio,
     spark_jars,
@@ -890,15 +891,17 @@ def run_prober(
     process.start()
     # Start-up (imports, connections) plus the run, the drain and a margin.
     timeout = 120 + cfg.warmup + cfg.seconds + cfg.drain_timeout + 60
-    try:
-        kind, payload = results.get(timeout=timeout)
-    except queue.Empty:
-        raise TimeoutError(f"the prober gave no result within {timeout} s") from None
-    finally:
-        process.join(timeout=30)
-        if process.is_alive():
-            process.terminate()
-            process.join(timeout=10)
+    # The prober is the clients, not the pipeline: its memory is not the pipeline's.
+    with not_measured(process.pid or 0):
+        try:
+            kind, payload = results.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"the prober gave no result within {timeout} s") from None
+        finally:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
     if kind == "error":
         raise RuntimeError(f"the prober failed: {payload}")
     result: dict[str, Any] = payload
