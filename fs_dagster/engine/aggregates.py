@@ -261,9 +261,7 @@ def encode_partials(partials: DataFrame, plan: AggregationPlan) -> DataFrame:
                     **{k: batch[k] for k in keys},
                     _RES: batch[_RES].astype("int64"),
                     _TILE: batch[_TILE].astype("int64"),
-                    "state": [
-                        json.dumps(partial_state(r, states), separators=(",", ":")) for r in records
-                    ],
+                    "state": [state_json(r, states) for r in records],
                 }
             )
 
@@ -297,7 +295,7 @@ def write_partials(
                     **{k: _key_value(r[k]) for k in keys},
                     _RES: r[_RES],
                     _TILE: r[_TILE],
-                    "state": json.dumps(partial_state(r, states), separators=(",", ":")),
+                    "state": state_json(r, states),
                 }
                 for r in records
             )
@@ -308,6 +306,11 @@ def write_partials(
 
     counts = partials.mapInPandas(write, schema="written long").collect()  # type: ignore[arg-type]
     return sum(int(row["written"]) for row in counts)
+
+
+def state_json(row: Mapping[str, Any], states: Sequence[StateSpec]) -> str:
+    """:func:`partial_state` as the JSON text the tile tables keep."""
+    return json.dumps(partial_state(row, states), separators=(",", ":"))
 
 
 def partial_state(row: Mapping[str, Any], states: Sequence[StateSpec]) -> dict[str, Any]:
