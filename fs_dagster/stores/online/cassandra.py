@@ -141,6 +141,7 @@ class CassandraOnlineStore(OnlineStore):
             from cassandra.auth import PlainTextAuthProvider
             from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
             from cassandra.policies import RoundRobinPolicy, TokenAwarePolicy
+            from cassandra.query import tuple_factory
 
             auth = None
             if self.username is not None:
@@ -150,6 +151,9 @@ class CassandraOnlineStore(OnlineStore):
                 load_balancing_policy=TokenAwarePolicy(RoundRobinPolicy()),
                 consistency_level=getattr(ConsistencyLevel, self.consistency),
                 request_timeout=30,
+                # Rows as plain tuples: the default factory builds a namedtuple class for
+                # every page of results, a fifth of a tile read's client time.
+                row_factory=tuple_factory,
             )
             cluster = Cluster(
                 list(self.hosts),
@@ -199,7 +203,7 @@ class CassandraOnlineStore(OnlineStore):
             f"({', '.join(columns)}, PRIMARY KEY (({keys})))"
         )
         existing = {
-            row.column_name
+            row[0]
             for row in session.execute(
                 "SELECT column_name FROM system_schema.columns "
                 "WHERE keyspace_name = %s AND table_name = %s",
