@@ -60,11 +60,11 @@ from bench.common import (
     kafka_common,
     percentile,
     ratio,
+    run_bench,
     spark_jars,
     stop_when_idle,
     storage_plan,
     text_table,
-    write_results,
 )
 from fs_dagster.aggregation.tiles import window_bounds
 from fs_dagster.engine.pipeline import start_ingestion
@@ -1561,15 +1561,14 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the summary, write the JSON; return the exit status."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    run_bench(
+        "aggregations",
+        argv,
+        logger=log,
+        parse_args=parse_args,
+        run=run,
+        format_results=format_results,
     )
-    log.setLevel(logging.INFO)
-    cfg = parse_args(argv)
-    results = run(cfg)
-    path = write_results(results, cfg.results_dir, "aggregations")
-    print(format_results(results))
-    print(f"\nresults: {path}")
     return 0
 
 

@@ -54,10 +54,10 @@ from bench.common import (
     fmt,
     measured,
     ratio,
+    run_bench,
     spark_jars,
     storage_plan,
     text_table,
-    write_results,
 )
 from fs_dagster.engine.backfill import run_range
 
@@ -747,15 +747,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the summary, write the JSON; return the exit status."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    _cfg, results = run_bench(
+        "backfill", argv, logger=log, parse_args=parse_args, run=run, format_results=format_results
     )
-    log.setLevel(logging.INFO)
-    cfg = parse_args(argv)
-    results = run(cfg)
-    path = write_results(results, cfg.results_dir, "backfill")
-    print(format_results(results))
-    print(f"\nresults: {path}")
     checks = [row["check"] for row in results["scales"] if "check" in row]
     mismatched = any(
         c["missing_rows"]

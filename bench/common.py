@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +51,31 @@ def write_results(results: dict[str, Any], results_dir: Path, bench: str) -> Pat
     path = results_dir / f"{bench}-{stamp}.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return path
+
+
+def run_bench(
+    name: str,
+    argv: Sequence[str] | None,
+    *,
+    logger: logging.Logger,
+    parse_args: Callable[[Sequence[str] | None], Any],
+    run: Callable[[Any], dict[str, Any]],
+    format_results: Callable[[dict[str, Any]], str],
+) -> tuple[Any, dict[str, Any]]:
+    """What every benchmark's ``main`` does: log its progress at INFO (py4j and the
+    Cassandra driver stay at WARNING), parse ``argv``, run, write the results as
+    ``<results_dir>/<name>-<UTC time>.json``, print the summary and that path; returns
+    the configuration and the results, for the caller's exit status."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    logger.setLevel(logging.INFO)
+    cfg = parse_args(argv)
+    results = run(cfg)
+    path = write_results(results, cfg.results_dir, name)
+    print(format_results(results))
+    print(f"\nresults: {path}")
+    return cfg, results
 
 
 def kafka_common(bootstrap: str) -> dict[str, Any]:

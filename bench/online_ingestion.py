@@ -54,11 +54,11 @@ from bench.common import (
     not_measured,
     percentile,
     ratio,
+    run_bench,
     spark_jars,
     stop_when_idle,
     storage_plan,
     text_table,
-    write_results,
 )
 from fs_dagster.engine.pipeline import start_ingestion
 from fs_dagster.stores.online.base import EVENT_MICROS_COLUMN, OnlineColumn, OnlineTable
@@ -1219,16 +1219,14 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the tables, write the JSON; return the exit status."""
-    # Progress of the bench only; py4j and the Cassandra driver are chatty at INFO.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    run_bench(
+        "online_ingestion",
+        argv,
+        logger=log,
+        parse_args=parse_args,
+        run=run,
+        format_results=format_results,
     )
-    log.setLevel(logging.INFO)
-    cfg = parse_args(argv)
-    results = run(cfg)
-    path = write_results(results, cfg.results_dir, "online_ingestion")
-    print(format_results(results))
-    print(f"\nresults: {path}")
     return 0
 
 

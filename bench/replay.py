@@ -57,7 +57,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
 import fs_dagster as fs
-from bench.common import PeakMemory, fmt, ratio, spark_jars, text_table, write_results
+from bench.common import PeakMemory, fmt, ratio, run_bench, spark_jars, text_table
 from fs_dagster.engine.archive import (
     ARCHIVE_DATE_COLUMN,
     ARCHIVE_MICROS_COLUMN,
@@ -524,15 +524,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the summary, write the JSON; return the exit status."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    cfg, results = run_bench(
+        "replay", argv, logger=log, parse_args=parse_args, run=run, format_results=format_results
     )
-    log.setLevel(logging.INFO)
-    cfg = parse_args(argv)
-    results = run(cfg)
-    path = write_results(results, cfg.results_dir, "replay")
-    print(format_results(results))
-    print(f"\nresults: {path}")
     check_result = results["check"]
     sides = [results[k] for k in ("baseline", "baseline_arrow")] + [
         results[k] for k in ("replay_aggregated", "replay_row_level")

@@ -56,8 +56,8 @@ from bench.common import (
     drop_keyspace,
     fmt,
     ratio,
+    run_bench,
     text_table,
-    write_results,
 )
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.engine.aggregates import aggregation_plan, prepare_online_tiles
@@ -366,15 +366,14 @@ def parse_args(argv: Sequence[str] | None) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the summary, write the JSON; return the exit status."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    _cfg, results = run_bench(
+        "tile_store",
+        argv,
+        logger=log,
+        parse_args=parse_args,
+        run=run,
+        format_results=format_results,
     )
-    log.setLevel(logging.INFO)
-    cfg = parse_args(argv)
-    results = run(cfg)
-    path = write_results(results, cfg.results_dir, "tile_store")
-    print(format_results(results))
-    print(f"\nresults: {path}")
     return 0 if results["check"]["wrong_or_missing"] == 0 else 1
 
 
