@@ -49,9 +49,9 @@ workers="${FS_TEST_WORKERS:-2}"
 echo "==> pytest ($workers workers)"
 status=0
 if [ "$workers" = "0" ]; then
-    .venv/bin/python -m pytest "$@" || status=$?
+    .venv/bin/python -m pytest --durations=15 "$@" || status=$?
 else
-    .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@" || status=$?
+    .venv/bin/python -m pytest -n "$workers" --dist loadfile --durations=15 "$@" || status=$?
 fi
 took "pytest"
 exit "$status"
