@@ -152,7 +152,7 @@ class CassandraOnlineStore(OnlineStore):
                 consistency_level=getattr(ConsistencyLevel, self.consistency),
                 request_timeout=30,
                 # Rows as plain tuples: the default factory builds a namedtuple class for
-                # every page of results, a fifth of a tile read's client time.
+                # every page of results, about a quarter of a tile read's client CPU.
                 row_factory=tuple_factory,
             )
             cluster = Cluster(
