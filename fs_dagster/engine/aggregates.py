@@ -58,6 +58,9 @@ from fs_dagster.stores.online.base import (
     OnlineStore,
     OnlineTable,
     TileWrite,
+    feature_array,
+    key_array,
+    micros_array,
     now_micros,
 )
 
@@ -455,27 +458,72 @@ class _WindowReader:
             for o in plan.outputs
         ]
 
-    def values(
+    def raw_values(
         self,
         index: TileIndex,
         tiles: Mapping[tuple[int, int], dict[str, Any]],
         at_micros: int,
     ) -> dict[str, Any]:
+        """Every feature at ``at_micros`` as states hold values (timestamps in micros)."""
         merged: dict[int, dict[str, Any]] = {}
         for window in self.windows:
             start, end = window_bounds(window, at_micros)
             merged[window] = merge_states(
                 self.states, [tiles[tile] for tile in index.covering(start, end)]
             )
-        values: dict[str, Any] = {}
-        for name, spec, window, kind in self.outputs:
-            value = finalize(spec, merged[window])
+        return {name: finalize(spec, merged[window]) for name, spec, window, _kind in self.outputs}
+
+    def values(
+        self,
+        index: TileIndex,
+        tiles: Mapping[tuple[int, int], dict[str, Any]],
+        at_micros: int,
+    ) -> dict[str, Any]:
+        """Every feature at ``at_micros``, timestamps as ``pd.Timestamp``."""
+        values = self.raw_values(index, tiles, at_micros)
+        for name, spec, _window, kind in self.outputs:
+            value = values[name]
             if spec.function in ("min", "max"):
-                value = _decode(value, kind)
+                values[name] = _decode(value, kind)
             elif spec.function in ("last_n", "last_distinct_n") and value is not None:
-                value = [_decode(v, kind) for v in value]
-            values[name] = value
+                values[name] = [_decode(v, kind) for v in value]
         return values
+
+    def frame(
+        self, keys: Sequence[tuple[Any, ...]], at_micros: int, rows: Sequence[Mapping[str, Any]]
+    ) -> pd.DataFrame:
+        """The online read result: key columns, the read time, then one typed column per
+        feature from :meth:`raw_values` of each key (see :func:`_output_array`)."""
+        fs = self.plan.feature_set
+        data: dict[str, Any] = {}
+        for position, name in enumerate(fs.key):
+            data[name] = key_array([key[position] for key in keys], self.plan.key_kinds[name])
+        data[fs.timestamp_column] = micros_array([at_micros] * len(keys))
+        for name, spec, _window, kind in self.outputs:
+            data[name] = _output_array(spec.function, kind, [row[name] for row in rows])
+        # Typed arrays in, one frame out: inferring types per row costs a one-key read
+        # more than its round trip to the store.
+        return pd.DataFrame(data, index=pd.RangeIndex(len(keys)), copy=False)
+
+
+def _output_array(function: str, kind: ColumnKind, values: list[Any]) -> Any:
+    """One feature's online values, with a dtype set by the function and the aggregated
+    column's kind, never by the values read: ``count`` and integer ``sum`` as ``int64``
+    (never null), ``min``/``max`` typed as their column (see
+    :func:`~fs_dagster.stores.online.base.feature_array`), the boolean ones as nullable
+    ``boolean``, ``last_n`` lists as objects, every other as ``float64`` (NaN for null)."""
+    if function == "count" or (function == "sum" and kind in ("long", "int")):
+        return np.array(values, dtype=np.int64)
+    if function in ("min", "max"):
+        # Decimals are kept as doubles in states (see _value).
+        return feature_array(values, "double" if kind == "decimal" else kind)
+    if function in BOOLEAN_FUNCTIONS:
+        return feature_array(values, "boolean")
+    if function in ("last_n", "last_distinct_n"):
+        column = np.empty(len(values), dtype=object)
+        column[:] = [None if v is None else [_decode(x, kind) for x in v] for v in values]
+        return column
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def read_aggregates(
@@ -494,8 +542,7 @@ def read_aggregates(
     # reads, the usual ones, skip two round trips to the store.
     rung = plan.expired_rung(at_micros, now_seconds, None)
     if rung is not None:
-        created = store.tiles_created_at(plan.tile_table)
-        seeded = store.tiles_seeded_at(plan.tile_table)
+        created, seeded = store.tiles_history(plan.tile_table)
         rung = plan.expired_rung(
             at_micros,
             now_seconds,
@@ -511,20 +558,15 @@ def read_aggregates(
         )
     ranges = read_spans(tuple(plan.window_seconds), at_micros, plan.resolutions)
     spans = [(r.resolution, r.first, r.last) for r in ranges]
-    fs = plan.feature_set
     reader = _WindowReader(plan)
-    records: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     stored = store.read_tiles_for_keys(plan.tile_table, keys, spans) if spans else [[]] * len(keys)
-    for key, key_tiles in zip(keys, stored, strict=True):
+    for key_tiles in stored:
         # One parse for all of a key's tiles: a read needs hundreds of them.
         states = json.loads(f"[{','.join(t.state for t in key_tiles)}]")
         tiles = {(t.resolution, t.start): s for t, s in zip(key_tiles, states, strict=True)}
-        record: dict[str, Any] = dict(zip(fs.key, key, strict=True))
-        record[fs.timestamp_column] = pd.Timestamp(at_micros, unit="us")
-        record.update(reader.values(TileIndex(tiles, plan.resolutions), tiles, at_micros))
-        records.append(record)
-    columns = [*fs.key, fs.timestamp_column, *[o.name for o in plan.outputs]]
-    return pd.DataFrame.from_records(records, columns=columns)
+        rows.append(reader.raw_values(TileIndex(tiles, plan.resolutions), tiles, at_micros))
+    return reader.frame(keys, at_micros, rows)
 
 
 def _result_type(function: str, column_type: DataType) -> DataType:

@@ -121,8 +121,8 @@ def _updated_keys(feature_set: FeatureSet, computed: Computed) -> list[tuple[Any
 
 
 def _plain(value: Any) -> Any:
-    """A value as JSON holds it: NaN as null, times as ISO-8601 UTC text."""
-    if value is None:
+    """A value as JSON holds it: NaN and pd.NA as null, times as ISO-8601 UTC text."""
+    if value is None or value is pd.NA:
         return None
     if isinstance(value, float) and math.isnan(value):
         return None

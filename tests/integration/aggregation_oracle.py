@@ -102,6 +102,11 @@ def oracle(
     return result
 
 
+def _missing(value: Any) -> bool:
+    """Null as a read gives it: None, NaN (floats) or pd.NA (nullable integers, booleans)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def assert_matches(
     feature_set: FeatureSet, got: Mapping[Any, Any], want: dict[str, Any], where: str
 ) -> None:
@@ -112,9 +117,9 @@ def assert_matches(
             g, w = got[name], want[name]
             label = f"{where} {name}: got {g!r}, want {w!r}"
             if w is None:
-                assert g is None or (isinstance(g, float) and math.isnan(g)), label
+                assert _missing(g), label
                 continue
-            assert g is not None and not (isinstance(g, float) and math.isnan(g)), label
+            assert not _missing(g), label
             if spec.function == "percentile":
                 assert abs(g - w) <= 0.01 * abs(w) + 1e-12, label
             elif isinstance(w, bool) or spec.function in ("boolean_or", "boolean_and"):

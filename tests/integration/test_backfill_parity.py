@@ -95,7 +95,7 @@ def _read_times(truth: pd.DataFrame, end: datetime, now: datetime) -> list[int]:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _same(a: Any, b: Any, function: str) -> bool:

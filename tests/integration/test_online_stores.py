@@ -256,3 +256,36 @@ def test_rows_of_many_keys(store: OnlineStore) -> None:
     assert result["amount"].tolist()[: len(keys)] == [float(i) for i in range(len(keys))][::-1]
     assert result["note"].tolist()[: len(keys)] == ["n" * i for i in range(len(keys))][::-1]
     assert result["amount"].iloc[len(keys) :].isna().all()
+
+
+def test_tile_history_and_one_key_reads(store: OnlineStore) -> None:
+    """Creation and seeding times come back together; the first creation time stays. A
+    one-key read (one request) finds the key's tiles in range, and a row-level one the row."""
+    tiles = TileTable(name=f"tiles_{uuid.uuid4().hex[:10]}", keys=(OnlineColumn("u", "string"),))
+    store.ensure_tile_table(tiles)
+    assert store.tiles_history(tiles) == (None, None)
+    store.mark_tiles_created(tiles)
+    created = store.tiles_created_at(tiles)
+    assert created is not None and abs(created - now_micros()) < 60_000_000
+    store.mark_tiles_created(tiles)
+    store.mark_tiles_seeded(tiles, T0)
+    assert store.tiles_history(tiles) == (created, T0)
+    store.mark_tiles_seeded(tiles, T0 + 1)
+    assert store.tiles_history(tiles) == (created, T0 + 1)
+
+    start = 1_772_366_400
+    store.write_tiles(
+        tiles,
+        [TileWrite(("a",), 60, start + n * 60, 3, f'{{"n":{n}}}', 86_400) for n in range(4)],
+    )
+    assert store.read_tiles_for_keys(tiles, [("a",)], [(60, start + 60, start + 120)]) == [
+        [StoredTile(60, start + 60, 3, '{"n":1}'), StoredTile(60, start + 120, 3, '{"n":2}')]
+    ]
+    assert store.read_tiles_for_keys(tiles, [("b",)], [(60, start, start + 240)]) == [[]]
+
+    rows = table()
+    store.ensure_table(rows)
+    store.write(rows, [row("u1", T0, 1.5)])
+    found = store.read_rows(rows, [("u1",)])[0]
+    assert found is not None and found["amount"] == 1.5
+    assert store.read_rows(rows, [("u2",)]) == [None]

@@ -28,6 +28,9 @@ __all__ = [
     "StoredTile",
     "TileTable",
     "TileWrite",
+    "feature_array",
+    "key_array",
+    "micros_array",
     "now_micros",
 ]
 
@@ -135,13 +138,13 @@ class OnlineTable:
         ]
         data: dict[str, Any] = {}
         for index, column in enumerate(self.keys):
-            data[column.name] = _key_column([key[index] for key in keys], column.kind)
-        data[self.timestamp_column] = _timestamp_column(
+            data[column.name] = key_array([key[index] for key in keys], column.kind)
+        data[self.timestamp_column] = micros_array(
             [row[EVENT_MICROS_COLUMN] if row is not None else None for row in served]
         )
         for column in self.features:
             name = column.name
-            data[name] = _feature_column(
+            data[name] = feature_array(
                 [row.get(name) if row is not None else None for row in served], column.kind
             )
         # Typed arrays in, one frame out: a one-key read is dominated by pandas otherwise.
@@ -188,9 +191,10 @@ class TileWrite:
     ttl_seconds: int
 
 
-def _timestamp_column(micros: list[Any]) -> np.ndarray:
-    """Microseconds (``None`` for missing) as naive UTC ``datetime64[ns]``; integer
-    arithmetic throughout, so no precision is lost and no NaN float is converted."""
+def micros_array(micros: list[Any]) -> np.ndarray:
+    """A read result's time column from microseconds (``None`` for missing), as naive UTC
+    ``datetime64[ns]``; integer arithmetic throughout, so no precision is lost and no NaN
+    float is converted."""
     return np.array(micros, dtype="datetime64[us]").astype("datetime64[ns]")
 
 
@@ -199,10 +203,19 @@ def _masked(values: list[Any], fill: Any) -> tuple[list[Any], np.ndarray]:
     return [fill if v is None else v for v in values], mask
 
 
-def _feature_column(values: list[Any], kind: ColumnKind) -> Any:
-    """One feature column of a read result, typed by its kind; missing values are nulls."""
+def feature_array(values: list[Any], kind: ColumnKind) -> Any:
+    """One feature column of a read result, typed by its kind; missing values are nulls.
+
+    The same kind gives the same dtype whatever the values: integers as pandas' nullable
+    ``Int64``, booleans as nullable ``boolean``, floats as ``float64`` (NaN for null),
+    timestamps (microseconds) as ``datetime64[ns]``, everything else as objects.
+
+    Example:
+        >>> feature_array([3, None], "long").tolist()
+        [3, <NA>]
+    """
     if kind == "timestamp":
-        return _timestamp_column(values)
+        return micros_array(values)
     if kind in ("long", "int"):
         filled, mask = _masked(values, 0)
         return pd.arrays.IntegerArray(np.array(filled, dtype=np.int64), mask)
@@ -218,8 +231,8 @@ def _feature_column(values: list[Any], kind: ColumnKind) -> Any:
     return column
 
 
-def _key_column(values: list[Any], kind: ColumnKind) -> Any:
-    """A key column as given by the caller (keys are never null)."""
+def key_array(values: list[Any], kind: ColumnKind) -> Any:
+    """A read result's key column, as given by the caller (keys are never null)."""
     if kind in ("long", "int"):
         return np.array(values, dtype=np.int64)
     if kind in ("double", "float"):
@@ -333,6 +346,16 @@ class OnlineStore(ABC):
     def tiles_seeded_at(self, table: TileTable) -> int | None:
         """When ``table`` was last seeded (micros), if ever."""
         return self.progress_before(f"{table.name}{_SEEDED_SUFFIX}", 1)
+
+    def tiles_history(self, table: TileTable) -> tuple[int | None, int | None]:
+        """:meth:`tiles_created_at` and :meth:`tiles_seeded_at` of ``table``; a store
+        with round trips asks both at once."""
+        return self.tiles_created_at(table), self.tiles_seeded_at(table)
+
+    @staticmethod
+    def _history_names(table: TileTable) -> tuple[str, str]:
+        """Progress-log names of ``table``'s creation and seeding times."""
+        return f"{table.name}{_CREATED_SUFFIX}", f"{table.name}{_SEEDED_SUFFIX}"
 
     def close(self) -> None:  # noqa: B027 - optional for stores without connections
         """Release connections held by this process."""
