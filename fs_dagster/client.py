@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, overload
 
 import pandas as pd
@@ -552,6 +552,7 @@ class FeatureStore:
 
 
 _POPULATION_ROW = INTERNAL_PREFIX + "population_row"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _duckdb_reads(path: str) -> bool:
@@ -569,6 +570,11 @@ def _definition_features(feature_set: FeatureSet) -> list[str]:
 
 def _micros(at: datetime) -> int:
     """Microseconds since the epoch of ``at`` (naive is UTC)."""
+    if type(at) is datetime:
+        # Plain arithmetic: pandas' conversion costs a one-key online read 5%.
+        moment = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        delta = moment - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     timestamp = pd.Timestamp(at)
     if timestamp.tzinfo is not None:
         timestamp = timestamp.tz_convert("UTC").tz_localize(None)
