@@ -19,7 +19,13 @@ store's request building) and of the Cassandra server in the same interval:
    request, ``execute_concurrent_with_args`` at the store's concurrency: what a writer
    without batching gets.
 
-**check**: the last read finds every tile, at the last version written, with its state.
+4. **online read, one key**: ``FeatureStore.get_online_features`` of one random key at the
+   current time (the 15 window values from the key's tiles; ``--reads`` of them), each
+   beside the bare driver's slice query of another random key's tiles (the rows the read
+   needs, no merge, no DataFrame): p50 and p99 of both and their ratio.
+
+**check**: the last read finds every tile, at the last version written, with its state;
+every online read returns one row, of the key asked for.
 
 Tiles per second become events per second through the tiles a batch writes per event:
 ``--tiles-per-event`` (default 3.19, from ``bench.compare --scale full``'s aggregated
@@ -40,6 +46,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -55,6 +62,7 @@ from bench.common import (
     PeakMemory,
     drop_keyspace,
     fmt,
+    percentile,
     ratio,
     run_bench,
     text_table,
@@ -81,6 +89,7 @@ class Config:
     tiles: int = 100_000
     keys: int = 10_000
     rounds: int = 3
+    reads: int = 3000
     tiles_per_event: float = 3.19
     cassandra_host: str = "127.0.0.1"
     cassandra_port: int = 9042
@@ -277,6 +286,7 @@ def run(cfg: Config) -> dict[str, Any]:
         baseline_timing, _ = timed(
             "baseline: bare driver, one INSERT a request", len(writes), cfg.rounds, server, bare
         )
+        reads = online_reads(store, plan, sorted({w.key[0] for w in writes}), cfg)
     finally:
         memory.stop()
         store.close()
@@ -311,7 +321,69 @@ def run(cfg: Config) -> dict[str, Any]:
             "written_blind_events_per_second": write_timing.tiles_per_second / per_event,
             "read_then_written_events_per_second": merged / per_event,
         },
+        "online_reads": reads,
         "check": {"tiles": len(writes), "wrong_or_missing": wrong},
+    }
+
+
+def online_reads(
+    store: fs.CassandraOnlineStore, plan: AggregationPlan, keys: Sequence[str], cfg: Config
+) -> dict[str, Any]:
+    """One-key aggregated online reads at the current time, each beside the bare driver's
+    slice query of one key's tiles; latencies in milliseconds."""
+    from fs_dagster.aggregation.tiles import read_spans
+
+    rng = random.Random(cfg.seed + 1)
+    client = fs.FeatureStore(
+        online_store=store,
+        offline_root=tempfile.mkdtemp(prefix="bench-tile-store-"),
+        feature_sets=[plan.feature_set],
+    )
+    session = store._session()  # the store's own connection: the same driver settings
+    table = f'"{store.keyspace}"."{plan.tile_table.name}"'
+    bare = session.prepare(
+        f'SELECT "user_id", resolution, tile_start, version, state FROM {table} '
+        'WHERE "user_id" = ? AND (resolution, tile_start) >= (?, ?) '
+        "AND (resolution, tile_start) <= (?, ?)"
+    )
+
+    def slice_bounds() -> tuple[int, int, int, int]:
+        now = int(time.time() * 1_000_000)
+        spans = sorted(
+            (r.resolution, r.first, r.last)
+            for r in read_spans(tuple(plan.window_seconds), now, plan.resolutions)
+        )
+        return (*spans[0][:2], spans[-1][0], spans[-1][2])
+
+    wrong = 0
+    read_s: list[float] = []
+    bare_s: list[float] = []
+    warmup = 200
+    for number in range(warmup + cfg.reads):
+        key = rng.choice(keys)
+        began = time.perf_counter()
+        frame = client.get_online_features(plan.feature_set, [key])
+        elapsed = time.perf_counter() - began
+        wrong += len(frame) != 1 or frame["user_id"].iloc[0] != key
+        bounds = slice_bounds()  # outside the timing: the read computes its own
+        other = rng.choice(keys)
+        began = time.perf_counter()
+        list(session.execute(bare, (other, *bounds)))
+        bare_elapsed = time.perf_counter() - began
+        if number >= warmup:
+            read_s.append(elapsed)
+            bare_s.append(bare_elapsed)
+    figures = {
+        name: {q: (percentile(values, q) or 0) * 1000 for q in (50, 99)}
+        for name, values in (("read", read_s), ("bare", bare_s))
+    }
+    return {
+        "reads": cfg.reads,
+        "read_ms": figures["read"],
+        "bare_slice_ms": figures["bare"],
+        "ratio_p50": ratio(figures["read"][50], figures["bare"][50]),
+        "ratio_p99": ratio(figures["read"][99], figures["bare"][99]),
+        "wrong_rows": wrong,
     }
 
 
@@ -332,16 +404,39 @@ def format_results(results: dict[str, Any]) -> str:
     )
     ceiling = results["ceiling"]
     check = results["check"]
+    reads = results["online_reads"]
+    read_table = text_table(
+        ["one-key read", "p50 ms", "p99 ms", "x bare p50", "x bare p99"],
+        [
+            [
+                "get_online_features (15 features)",
+                fmt(reads["read_ms"][50], 3),
+                fmt(reads["read_ms"][99], 3),
+                fmt(reads["ratio_p50"]),
+                fmt(reads["ratio_p99"]),
+            ],
+            [
+                "baseline: bare driver, the key's tile slice",
+                fmt(reads["bare_slice_ms"][50], 3),
+                fmt(reads["bare_slice_ms"][99], 3),
+                "1.00",
+                "1.00",
+            ],
+        ],
+    )
     return (
         f"{table}\n\n"
         f"At {ceiling['tiles_per_event']:g} tiles per event the store alone allows "
         f"{fmt(ceiling['written_blind_events_per_second'], 0)} events/s when every tile is "
         f"written blind, {fmt(ceiling['read_then_written_events_per_second'], 0)} events/s "
-        "when every tile is read before it is written.\n"
+        "when every tile is read before it is written.\n\n"
+        f"{read_table}\n\n"
         f"peak memory {results['peak_memory_bytes'] / 2**30:.2f} GiB; load average "
         f"{results['load_average_after']:.2f}\n"
         f"check: {check['tiles'] - check['wrong_or_missing']} of {check['tiles']} tiles read "
-        "back at the last version with their state"
+        "back at the last version with their state; "
+        f"{reads['reads'] - reads['wrong_rows']} of {reads['reads']} online reads returned the "
+        "key's row"
     )
 
 
@@ -351,14 +446,15 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument("--tiles", type=int, default=d.tiles, help="distinct tiles a round")
     parser.add_argument("--keys", type=int, default=d.keys, help="distinct user_id values")
     parser.add_argument("--rounds", type=int, default=d.rounds)
+    parser.add_argument("--reads", type=int, default=d.reads, help="timed one-key reads")
     parser.add_argument("--tiles-per-event", type=float, default=d.tiles_per_event)
     parser.add_argument("--cassandra-host", default=d.cassandra_host)
     parser.add_argument("--cassandra-port", type=int, default=d.cassandra_port)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--results-dir", type=Path, default=d.results_dir)
     args = parser.parse_args(argv)
-    if args.tiles < 1 or args.keys < 1 or args.rounds < 1 or args.tiles_per_event <= 0:
-        parser.error("--tiles, --keys, --rounds and --tiles-per-event must be positive")
+    if min(args.tiles, args.keys, args.rounds, args.reads) < 1 or args.tiles_per_event <= 0:
+        parser.error("--tiles, --keys, --rounds, --reads and --tiles-per-event must be positive")
     if args.tiles > args.keys * 50:
         parser.error("--tiles can be at most 50 per key (--keys x 50)")
     return Config(**vars(args))
@@ -374,7 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run=run,
         format_results=format_results,
     )
-    return 0 if results["check"]["wrong_or_missing"] == 0 else 1
+    failed = results["check"]["wrong_or_missing"] or results["online_reads"]["wrong_rows"]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
