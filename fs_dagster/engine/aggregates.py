@@ -539,7 +539,7 @@ def read_aggregates(
     # Without the table's creation and seeding times a rung counts as expired as soon as
     # its first needed tile could be: only then can those facts change the answer (a
     # seeding lies in the past, so it cannot expire a tile that is still retained). Recent
-    # reads, the usual ones, skip two round trips to the store.
+    # reads, the usual ones, skip asking the store for them.
     rung = plan.expired_rung(at_micros, now_seconds, None)
     if rung is not None:
         created, seeded = store.tiles_history(plan.tile_table)

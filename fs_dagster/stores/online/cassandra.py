@@ -559,14 +559,13 @@ class CassandraOnlineStore(OnlineStore):
     def tiles_history(self, table: TileTable) -> tuple[int | None, int | None]:
         """Creation and seeding times of ``table``, both asked at once: a read at a past
         time needs them, and one round trip more is a quarter of such a read."""
-        (_, created), (_, seeded) = self._concurrently(
-            self._progress_read(),
-            [(name, 1) for name in self._history_names(table)],
+        requests = [(name, 1) for name in self._history_names(table)]
+        created, seeded = (
+            r.one() for _ok, r in self._concurrently(self._progress_read(), requests)
         )
-        rows = [created.one(), seeded.one()]
         return (
-            None if rows[0] is None else int(rows[0][0]),
-            None if rows[1] is None else int(rows[1][0]),
+            None if created is None else int(created[0]),
+            None if seeded is None else int(seeded[0]),
         )
 
     def _progress_read(self) -> Any:
