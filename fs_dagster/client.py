@@ -158,7 +158,8 @@ class FeatureStore:
             Single set, row-level: key columns, the event time of the vector, then the
             features; a key with no vector (never seen, or past the TTL) has nulls.
             Single set, aggregated: key columns, the read time, then every window value
-            (``count``/``sum`` 0 and the others null for an empty window).
+            (``count``/``sum`` 0 and the others null for an empty window), each column
+            with one dtype whatever the values (README, "Aggregations").
             Combined: the key columns of all requested sets, one column per requested
             feature named by its reference (``"user-spend.sum_amount_1h"``), then per
             set ``"<set>.<timestamp column>"`` (event time of its vector, or read time).
