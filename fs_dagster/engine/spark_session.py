@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -99,11 +100,49 @@ def spark_conf(settings: SparkSettings) -> dict[str, str]:
         # The host name may resolve to a non-loopback address; a local Spark stays local.
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
+        conf.update(_local_checkpoint_conf(settings.jars))
     if settings.jars:
         conf["spark.jars"] = ",".join(settings.jars)
     if settings.s3 is not None:
         conf.update(_s3a_conf(settings.s3))
+    ours = conf.get(_DRIVER_CLASS_PATH)
     conf.update(settings.conf)
+    theirs = settings.conf.get(_DRIVER_CLASS_PATH)
+    if ours and theirs and ours != theirs:
+        conf[_DRIVER_CLASS_PATH] = os.pathsep.join([ours, theirs])
+    return conf
+
+
+_DRIVER_CLASS_PATH = "spark.driver.extraClassPath"
+#: The jar (in the Spark jar set, ``scripts/maven/spark/pom.xml``) of a local Hadoop file
+#: system that sets permissions with java.nio, and the class it provides.
+_NIO_LOCAL_FS_JAR = "hadoop-bare-naked-local-fs-"
+_NIO_LOCAL_FS_CLASS = "com.globalmentor.apache.hadoop.fs.BareLocalFileSystem"
+
+
+def _local_checkpoint_conf(jars: tuple[str, ...]) -> dict[str, str]:
+    """Settings that keep a local master's streaming checkpoints from forking processes.
+
+    Hadoop's local file system, without its native library (pyspark ships none), runs
+    ``chmod`` in a child process for every file it creates, and its ``FileContext``
+    (Spark's default checkpoint writer) ``readlink`` for every rename: two commits a
+    micro-batch, 40-120 ms of each on 2 cores. Checkpoints written through the
+    ``FileSystem`` API skip the ``readlink``; the java.nio file system, when its jar is in
+    the set, skips the ``chmod``. On a local disk both writers check that a batch's file
+    is absent before renaming onto it (neither rename is atomic there), so Spark's guard
+    against a second writer of the same batch is what it was.
+    """
+    conf = {
+        "spark.sql.streaming.checkpointFileManagerClass": (
+            "org.apache.spark.sql.execution.streaming.checkpointing."
+            "FileSystemBasedCheckpointFileManager"
+        )
+    }
+    nio = [jar for jar in jars if Path(jar).name.startswith(_NIO_LOCAL_FS_JAR)]
+    if nio:
+        # Hadoop loads file systems with the JVM's class loader, before spark.jars exist.
+        conf[_DRIVER_CLASS_PATH] = nio[0]
+        conf["spark.hadoop.fs.file.impl"] = _NIO_LOCAL_FS_CLASS
     return conf
 
 
