@@ -84,6 +84,11 @@ def spark_conf(settings: SparkSettings) -> dict[str, str]:
         "spark.ui.enabled": str(settings.ui_enabled).lower(),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        # With it on, every DataFrame and column function pyspark calls first asks the JVM
+        # for the active session and a setting, then records its Python call site there:
+        # about 260 of a row-level online micro-batch's 480 Py4J round trips, for error
+        # contexts that would point at fs-dagster's engine, not at the user's code.
+        "spark.python.sql.dataFrameDebugging.enabled": "false",
         # Spark redacts any setting whose key or value matches this pattern: in the UI's
         # environment tab, in logs (the Kafka connector's included) and, besides
         # spark.sql.redaction.options.regex, in the data source options plans show.

@@ -32,6 +32,13 @@ def test_cluster_master_keeps_hadoop_defaults() -> None:
     assert "spark.driver.extraClassPath" not in conf
 
 
+def test_pyspark_records_no_call_sites() -> None:
+    # Each recording costs Py4J round trips on every column built for a micro-batch.
+    for master in ("local[2]", "spark://10.0.0.1:7077"):
+        conf = spark_conf(SparkSettings(master=master))
+        assert conf["spark.python.sql.dataFrameDebugging.enabled"] == "false"
+
+
 def test_a_users_driver_class_path_is_kept_beside_ours() -> None:
     settings = SparkSettings(
         master="local[2]",
