@@ -27,7 +27,7 @@ from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F  # noqa: N812
 
 from fs_dagster.definitions.feature_set import FeatureSet
-from fs_dagster.engine.sources import ERROR_COLUMN, user_columns
+from fs_dagster.engine.sources import ERROR_COLUMN, internal_columns
 from fs_dagster.engine.transform import apply_transformation
 
 __all__ = [
@@ -381,7 +381,11 @@ def compute(
                 F.count(F.col(ERROR_COLUMN)).alias("bad"),
             )
             observations.append(observation)
-        good[name] = observed.where(F.col(ERROR_COLUMN).isNull()).select(*user_columns(source_rows))
+        # Dropping the internal columns by name is one Py4J call; selecting the user's
+        # columns by name is one a column, every micro-batch.
+        good[name] = observed.where(F.col(ERROR_COLUMN).isNull()).drop(
+            *internal_columns(source_rows)
+        )
     features = apply_transformation(feature_set, good)
     if cache:
         features = features.persist()

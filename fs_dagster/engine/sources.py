@@ -61,6 +61,7 @@ __all__ = [
     "KafkaAccessError",
     "check_kafka_access",
     "confluent_kafka_config",
+    "internal_columns",
     "kafka_client_options",
     "parse_schema",
     "read_source",
@@ -408,6 +409,11 @@ def source_columns(spark: SparkSession, source: DataSource) -> StructType:
 def user_columns(df: DataFrame) -> list[str]:
     """The columns of ``df`` that are not fs-dagster's internal ones."""
     return [c for c in df.columns if not c.startswith(INTERNAL_PREFIX)]
+
+
+def internal_columns(df: DataFrame) -> list[str]:
+    """The columns of ``df`` that are fs-dagster's internal ones."""
+    return [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
 
 
 def _kafka_metadata_schema() -> StructType:
