@@ -56,6 +56,7 @@ _LOG = logging.getLogger(__name__)
 
 __all__ = [
     "ERROR_COLUMN",
+    "KAFKA_FETCH_MAX_WAIT_MS",
     "PAYLOAD_COLUMN",
     "POSITION_COLUMN",
     "KafkaAccessError",
@@ -74,6 +75,9 @@ POSITION_COLUMN = INTERNAL_PREFIX + "position"
 ERROR_COLUMN = INTERNAL_PREFIX + "error"
 _CORRUPT_COLUMN = INTERNAL_PREFIX + "corrupt"
 _PARSED_COLUMN = INTERNAL_PREFIX + "parsed"
+#: ``kafka.fetch.max.wait.ms`` of a Kafka source unless its options set it (see
+#: ``_read_kafka``).
+KAFKA_FETCH_MAX_WAIT_MS = "10"
 
 
 def parse_schema(spark: SparkSession, ddl: str) -> StructType:
@@ -489,6 +493,10 @@ def _read_kafka(
     reader = reader.option("failOnDataLoss", "false")
     # A source only reads: a mistyped or deleted topic must not be created empty.
     reader = reader.option("kafka.allow.auto.create.topics", "false")
+    # A micro-batch's tasks read offset ranges known to exist, yet waited in the Kafka
+    # client's network poll for the broker's long-poll fetches (up to the client's default
+    # 500 ms): a short wait lets them go on. The source's own options override it.
+    reader = reader.option("kafka.fetch.max.wait.ms", KAFKA_FETCH_MAX_WAIT_MS)
     for key, value in source.options.items():
         reader = reader.option(key, value)
     raw: DataFrame = reader.load()
