@@ -98,7 +98,8 @@ class KafkaSource:
         auth_configuration: :class:`~fs_dagster.SaslAuthentication` or
             :class:`~fs_dagster.SslAuthentication`, or ``None`` for plaintext.
         options: further Spark Kafka source options (``kafka.*`` client settings,
-            ``maxOffsetsPerTrigger``, ...).
+            ``maxOffsetsPerTrigger``, ...); they override fs-dagster's own, such as
+            ``kafka.fetch.max.wait.ms`` (10 ms unless set here).
     """
 
     name: str
