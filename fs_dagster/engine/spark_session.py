@@ -131,11 +131,12 @@ def _local_checkpoint_conf(jars: tuple[str, ...]) -> dict[str, str]:
     Hadoop's local file system, without its native library (pyspark ships none), runs
     ``chmod`` in a child process for every file it creates, and its ``FileContext``
     (Spark's default checkpoint writer) ``readlink`` for every rename: two commits a
-    micro-batch, together about 120 ms of a 470 ms cycle on 2 cores. Checkpoints written through the
-    ``FileSystem`` API skip the ``readlink``; the java.nio file system, when its jar is in
-    the set, skips the ``chmod``. On a local disk both writers check that a batch's file
-    is absent before renaming onto it (neither rename is atomic there), so Spark's guard
-    against a second writer of the same batch is what it was.
+    micro-batch, together about 120 ms of a 470 ms cycle on 2 cores. Checkpoints
+    written through the ``FileSystem`` API skip the ``readlink``; the java.nio file
+    system, when its jar is in the set, skips the ``chmod``. On a local disk both
+    writers check that a batch's file is absent before renaming onto it (neither rename
+    is atomic there), so Spark's guard against a second writer of the same batch is what
+    it was.
     """
     conf = {
         "spark.sql.streaming.checkpointFileManagerClass": (
