@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -29,8 +30,10 @@ def _reader_options(stream: DataFrame) -> dict[str, str | None]:
 
 
 def _source(bootstrap: str, topic: str, **options: str) -> fs.KafkaSource:
+    # Sources are registered by name for the whole process: a name of its own, so that
+    # no other test finds it (tests/unit/test_validation.py expects "clicks" unknown).
     return fs.KafkaSource(
-        name="clicks",
+        name=f"clicks_{uuid.uuid4().hex[:8]}",
         bootstrap_servers=bootstrap,
         topic=topic,
         schema="user_id STRING, ts TIMESTAMP",
