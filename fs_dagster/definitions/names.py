@@ -14,6 +14,7 @@ __all__ = [
     "feature_set_name_problem",
     "identifier_problem",
     "source_name_problem",
+    "spark_identifier",
     "sql_view_name",
     "storage_name",
     "view_name_collision",
@@ -85,6 +86,17 @@ def sql_view_name(source_name: str) -> str:
         'sample_streaming_source'
     """
     return source_name.replace("-", "_")
+
+
+def spark_identifier(name: str) -> str:
+    """``name`` quoted for Spark SQL, so that dots or hyphens in it are not read as a
+    struct field or an operator.
+
+    Example:
+        >>> spark_identifier("user-spend.sum_amount_1h")
+        '`user-spend.sum_amount_1h`'
+    """
+    return "`" + name.replace("`", "``") + "`"
 
 
 def view_name_collision(source_names: Iterable[str]) -> str | None:

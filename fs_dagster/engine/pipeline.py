@@ -41,9 +41,9 @@ from fs_dagster.engine.archive import RawArchive
 from fs_dagster.engine.combined import CombinedFeatures, OnlineReader
 from fs_dagster.engine.computation import (
     BatchContext,
+    Computation,
     Computed,
     EventRange,
-    compute,
     to_micros,
 )
 from fs_dagster.engine.encoding import online_kind
@@ -206,18 +206,15 @@ class _MicroBatch:
 
     def __init__(
         self,
-        feature_set: FeatureSet,
+        computation: Computation,
         pipeline: Pipeline,
         writers: Sequence[Writer],
         on_batch: Callable[[BatchReport], None],
-        *,
-        cache: bool,
     ):
-        self.feature_set = feature_set
+        self.feature_set = computation.feature_set
+        self.computation = computation
         self.pipeline = pipeline
         self.writers = list(writers)
-        self.cache = cache
-        self.owned = stream_range(feature_set)
         self.on_batch = on_batch
         self.query_id: str | None = None
         self.started = threading.Event()
@@ -234,15 +231,10 @@ class _MicroBatch:
         ctx = BatchContext(
             trigger=self.pipeline, version=batch_id, app_id=self.query_id, txn_version=batch_id
         )
-        if self.cache:
+        if self.computation.cache:
             batch = batch.persist()
         try:
-            computed = compute(
-                self.feature_set,
-                {self.feature_set.source.name: batch},
-                self.owned,
-                cache=self.cache,
-            )
+            computed = self.computation.run({self.feature_set.source.name: batch})
             try:
                 outcomes = [writer.write(computed, ctx) for writer in self.writers]
             finally:
@@ -435,8 +427,18 @@ def start_ingestion(
         if on_batch is not None:
             on_batch(report)
 
-    body = _MicroBatch(
+    computation = Computation(
         feature_set,
+        stream_range(feature_set),
+        {feature_set.source.name: stream},
+        # Offline runs hand every row to several writers (rows, archive, tiles): they read
+        # a cached batch. An online batch (rows, or tiles) is written and counted by one
+        # job and its latency counts, so it is not cached: caching costs more than it
+        # saves there.
+        cache=pipeline == "offline",
+    )
+    body = _MicroBatch(
+        computation,
         pipeline,
         stream_writers(
             feature_set,
@@ -448,11 +450,6 @@ def start_ingestion(
             updates=updates,
         ),
         collect,
-        # Offline runs hand every row to several writers (rows, archive, tiles): they read
-        # a cached batch. An online batch (rows, or tiles) is written and counted by one
-        # job and its latency counts, so it is not cached: caching costs more than it
-        # saves there.
-        cache=pipeline == "offline",
     )
     stream_writer = (
         stream.writeStream.queryName(f"fs_{feature_set.storage_name}_{pipeline}")

@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
 from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.definitions.names import spark_identifier
 from fs_dagster.definitions.references import reference_name
 from fs_dagster.engine.aggregates import aggregation_plan, point_in_time_aggregates
 from fs_dagster.engine.backfill import feature_schema
@@ -65,12 +66,6 @@ def point_in_time_features(
         point_in_time_column,
         event_time_column=event_time_column,
     )
-
-
-def _quoted(name: str) -> str:
-    # Result names hold dots ("user-spend.sum_amount_1h"); unquoted, Spark would read a
-    # struct field.
-    return "`" + name.replace("`", "``") + "`"
 
 
 def combined_point_in_time(
@@ -130,7 +125,7 @@ def combined_point_in_time(
         narrow = numbered.select(
             F.col(_ROW),
             *[F.col(k) for k in fs.key],
-            F.col(_quoted(point_in_time_column)).alias(_AT),
+            F.col(spark_identifier(point_in_time_column)).alias(_AT),
         )
         values = point_in_time_features(
             spark, fs, plan_of(fs), narrow, _AT, event_time_column=_EVENT
@@ -148,4 +143,4 @@ def combined_point_in_time(
     if keep_order:
         result = result.orderBy(_ROW)
     names = [*columns, *combined.resolved.columns, *combined.time_columns]
-    return result.select(*[F.col(_quoted(c)) for c in names])
+    return result.select(*[F.col(spark_identifier(c)) for c in names])

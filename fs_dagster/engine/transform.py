@@ -34,16 +34,19 @@ from fs_dagster.definitions.transformations import (
 from fs_dagster.engine.sources import parse_schema, source_columns
 
 __all__ = [
+    "VIEW_LOCK",
     "apply_sql",
     "apply_transformation",
     "check_output_schema",
     "empty_inputs",
     "output_schema",
+    "register_functions",
+    "run_sql",
 ]
 
-# Temporary views are per session; a lock keeps two threads of one session from
-# binding the same view name to different DataFrames while a query is analysed.
-_VIEW_LOCK = threading.Lock()
+#: Temporary views are per session; this lock keeps two threads of one session from
+#: binding the same view name to different DataFrames while a query is analysed.
+VIEW_LOCK = threading.Lock()
 
 
 def _udf_return_type(udf: PandasUdf) -> str:
@@ -90,21 +93,35 @@ def apply_sql(
         FeatureSetDefinitionError: Spark cannot analyse the SQL.
     """
     spark = next(iter(inputs.values())).sparkSession
-    with _VIEW_LOCK:
-        for function in transformation.functions:
-            spark.udf.register(
-                function.name,
-                spark_pandas_udf(function.function, _udf_return_type(function)),  # type: ignore[call-overload]
-            )
+    with VIEW_LOCK:
+        register_functions(spark, transformation)
         for name, df in inputs.items():
             df.createOrReplaceTempView(sql_view_name(name))
-        try:
-            return spark.sql(transformation.sql)
-        except Exception as exc:
-            # Analysis errors (unknown column, bad syntax) are the user's to fix.
-            raise FeatureSetDefinitionError(
-                owner, parameter, f"Spark cannot run the SQL: {_first_line(exc)}"
-            ) from None
+        return run_sql(owner, parameter, spark, transformation.sql)
+
+
+def register_functions(spark: SparkSession, transformation: SparkSqlTransformation) -> None:
+    """Register the pandas UDFs a SQL transformation calls, by their names."""
+    for function in transformation.functions:
+        spark.udf.register(
+            function.name,
+            spark_pandas_udf(function.function, _udf_return_type(function)),  # type: ignore[call-overload]
+        )
+
+
+def run_sql(owner: str, parameter: str, spark: SparkSession, sql: str) -> DataFrame:
+    """``spark.sql(sql)``, its analysis errors said as the user's to fix.
+
+    Raises:
+        FeatureSetDefinitionError: Spark cannot analyse the SQL (unknown column, bad
+            syntax), naming ``owner`` and ``parameter``.
+    """
+    try:
+        return spark.sql(sql)
+    except Exception as exc:
+        raise FeatureSetDefinitionError(
+            owner, parameter, f"Spark cannot run the SQL: {_first_line(exc)}"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,17 +21,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import reduce
+from functools import cached_property, reduce
 from typing import Any, Protocol
 
 import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F  # noqa: N812
 
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sources import KafkaSource
 from fs_dagster.engine.aggregates import encode_partials, tile_partials, write_partials
+from fs_dagster.engine.arrow_map import ArrowMap, arrow_map_function, map_in_arrow
 from fs_dagster.engine.computation import (
     INSIDE_COLUMN,
     MICROS_COLUMN,
@@ -40,6 +41,8 @@ from fs_dagster.engine.computation import (
     Computed,
     EventRange,
     event_micros,
+    event_micros_sql,
+    range_sql,
 )
 from fs_dagster.engine.delta import AppendOnce, ReplaceRange, WriteMode, write_delta
 from fs_dagster.engine.sources import (
@@ -104,21 +107,12 @@ def delta_mode(
 
 
 def _time_predicate(feature_set: FeatureSet) -> Callable[[EventRange], str]:
-    column = f"unix_micros(CAST(`{feature_set.timestamp_column}` AS TIMESTAMP))"
+    column = event_micros_sql(feature_set)
 
     def predicate(owned: EventRange) -> str:
-        return _range_sql(column, owned.start, owned.end)
+        return owned.sql(column)
 
     return predicate
-
-
-def _range_sql(column: str, start: int | None, end: int | None) -> str:
-    parts = []
-    if start is not None:
-        parts.append(f"{column} >= {start}")
-    if end is not None:
-        parts.append(f"{column} < {end}")
-    return " AND ".join(parts) or "true"
 
 
 #: JSON of a row keeps timestamps to the microsecond, as Spark holds them.
@@ -304,63 +298,42 @@ class OnlineRows:
     One Spark job per batch: it classifies every output row, writes the newest valid row
     per key of each partition (the store keeps the newest across partitions, as it
     compares event times, so no shuffle dedupes), and counts the batch on the way
-    (:meth:`~fs_dagster.engine.computation.Computed.record_output_counts`).
+    (:meth:`~fs_dagster.engine.computation.Computed.record_output_counts`). The job's
+    columns and its Python function are built with the first batch and reused.
     """
 
     def __init__(self, feature_set: FeatureSet, store: OnlineStore, table: OnlineTable) -> None:
         self.feature_set = feature_set
         self.store = store
         self.table = table
+        self._parallelism: int | None = None
 
-    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+    @cached_property
+    def _columns(self) -> list[Column]:
         table = self.table
-        store = self.store
-        names = [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
-        encoded = computed.classified().select(
+        return [
             *[encode_column(c.name, c.kind) for c in table.keys],
             F.col(MICROS_COLUMN).alias(EVENT_MICROS_COLUMN),
             *[encode_column(c.name, c.kind) for c in table.features],
-            MISSING_COLUMN,
-            INSIDE_COLUMN,
-        )
-        width = len(table.keys)
+            F.col(MISSING_COLUMN),
+            F.col(INSIDE_COLUMN),
+        ]
 
-        def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            latest: dict[tuple[Any, ...], dict[str, Any]] = {}
-            invalid = outside = rows = 0
-            newest: int | None = None
-            for batch in batches:
-                for record in batch.to_pylist():
-                    if record[MISSING_COLUMN]:
-                        invalid += 1
-                        continue
-                    micros = record[EVENT_MICROS_COLUMN]
-                    newest = micros if newest is None else max(newest, micros)
-                    if not record[INSIDE_COLUMN]:
-                        outside += 1
-                        continue
-                    rows += 1
-                    key = tuple(record[n] for n in names[:width])
-                    kept = latest.get(key)
-                    # Equal event times: the later record wins, as in the store.
-                    if kept is None or micros >= kept[EVENT_MICROS_COLUMN]:
-                        latest[key] = record
-            written = store.write(table, latest.values()) if latest else 0
-            yield pa.RecordBatch.from_pydict(
-                {
-                    "written": [written],
-                    "invalid": [invalid],
-                    "rows": [rows],
-                    "outside": [outside],
-                    "newest": [newest],
-                },
-                schema=_ROW_WRITE_COUNTS,
-            )
+    @cached_property
+    def _write(self) -> Column:
+        table = self.table
+        names = [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
+        function = _latest_row_writer(self.store, table)
+        return arrow_map_function(function, _ROW_WRITE_COUNTS_DDL, [*names, *_FLAGS])
 
+    def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
+        encoded = computed.classified().select(*self._columns)
         # A small batch costs its tasks more than its rows: one wave of tasks (a Kafka
         # batch has one partition per topic partition) is as parallel and cheaper.
-        encoded = encoded.coalesce(encoded.sparkSession.sparkContext.defaultParallelism)
-        counts = encoded.mapInArrow(write_partition, _ROW_WRITE_COUNTS_DDL).collect()
+        if self._parallelism is None:
+            self._parallelism = encoded.sparkSession.sparkContext.defaultParallelism
+        encoded = encoded.coalesce(self._parallelism)
+        counts = map_in_arrow(encoded, self._write).collect()
         newest = [c["newest"] for c in counts if c["newest"] is not None]
         computed.record_output_counts(
             invalid=sum(c["invalid"] for c in counts),
@@ -369,6 +342,50 @@ class OnlineRows:
             max_event_micros=max(newest) if newest else None,
         )
         return Outcome(rows_written=sum(c["written"] for c in counts))
+
+
+_FLAGS = (MISSING_COLUMN, INSIDE_COLUMN)
+
+
+def _latest_row_writer(store: OnlineStore, table: OnlineTable) -> ArrowMap:
+    """The function of an :class:`OnlineRows` job: over one partition's encoded rows,
+    write the newest valid row per key and report the partition's counts."""
+    names = [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
+    width = len(table.keys)
+
+    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+        invalid = outside = rows = 0
+        newest: int | None = None
+        for batch in batches:
+            for record in batch.to_pylist():
+                if record[MISSING_COLUMN]:
+                    invalid += 1
+                    continue
+                micros = record[EVENT_MICROS_COLUMN]
+                newest = micros if newest is None else max(newest, micros)
+                if not record[INSIDE_COLUMN]:
+                    outside += 1
+                    continue
+                rows += 1
+                key = tuple(record[n] for n in names[:width])
+                kept = latest.get(key)
+                # Equal event times: the later record wins, as in the store.
+                if kept is None or micros >= kept[EVENT_MICROS_COLUMN]:
+                    latest[key] = record
+        written = store.write(table, latest.values()) if latest else 0
+        yield pa.RecordBatch.from_pydict(
+            {
+                "written": [written],
+                "invalid": [invalid],
+                "rows": [rows],
+                "outside": [outside],
+                "newest": [newest],
+            },
+            schema=_ROW_WRITE_COUNTS,
+        )
+
+    return write_partition
 
 
 #: What each partition of an :class:`OnlineRows` job reports.
@@ -515,7 +532,7 @@ class OfflineTiles:
         # Ranges are aligned to whole days, so a range's tiles start inside it.
         start = owned.start // 1_000_000 if owned.start is not None else None
         end = owned.end // 1_000_000 if owned.end is not None else None
-        return _range_sql(_TILE_START, start, end)
+        return range_sql(_TILE_START, start, end)
 
     def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
         if not computed.row_count and ctx.replace is None:
