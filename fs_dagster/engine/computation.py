@@ -17,6 +17,7 @@ writer first applies its watermark while the offline ones count every event.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from fs_dagster.engine.sources import ERROR_COLUMN, internal_columns, user_colum
 from fs_dagster.engine.transform import (
     VIEW_LOCK,
     apply_transformation,
+    first_line,
     register_functions,
     run_sql,
 )
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LOG = logging.getLogger(__name__)
 
 
 def to_micros(moment: datetime) -> int:
@@ -453,8 +456,16 @@ class Computation:
                 df.createOrReplaceTempView(self._views[name])
             try:
                 spark.sql(sql)
-            except Exception:
-                return None  # the transformation's own errors are output_schema's to say
+            except Exception as exc:
+                # The transformation's own errors are output_schema's to say; this one is
+                # only that the faster form does not fit, which an operator may want to know.
+                _LOG.info(
+                    "feature set '%s': its SQL runs through DataFrames, not as one statement "
+                    "per batch (%s)",
+                    self.feature_set.name,
+                    first_line(exc),
+                )
+                return None
         return sql
 
     @property

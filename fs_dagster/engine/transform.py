@@ -39,6 +39,7 @@ __all__ = [
     "apply_transformation",
     "check_output_schema",
     "empty_inputs",
+    "first_line",
     "output_schema",
     "register_functions",
     "run_sql",
@@ -120,11 +121,12 @@ def run_sql(owner: str, parameter: str, spark: SparkSession, sql: str) -> DataFr
         return spark.sql(sql)
     except Exception as exc:
         raise FeatureSetDefinitionError(
-            owner, parameter, f"Spark cannot run the SQL: {_first_line(exc)}"
+            owner, parameter, f"Spark cannot run the SQL: {first_line(exc)}"
         ) from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Spark's run on for pages)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -184,7 +186,7 @@ def output_schema(spark: SparkSession, feature_set: FeatureSet) -> StructType:
             raise FeatureSetDefinitionError(
                 source.name,
                 "schema",
-                f"not a valid Spark DDL schema: {_first_line(exc)}",
+                f"not a valid Spark DDL schema: {first_line(exc)}",
                 kind="source",
             ) from None
     if isinstance(feature_set.transformation, UdfTransformation):
@@ -208,7 +210,7 @@ def _check_udf_on_empty_frame(spark: SparkSession, feature_set: FeatureSet, udf:
         raise FeatureSetDefinitionError(
             feature_set.name,
             "transformation",
-            f"UDF '{udf.name}' fails on an empty frame: {_first_line(exc)}",
+            f"UDF '{udf.name}' fails on an empty frame: {first_line(exc)}",
         ) from None
     conform_udf_output(feature_set.name, udf.name, udf.output_schema.names, result)
 
