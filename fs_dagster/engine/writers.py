@@ -321,10 +321,9 @@ class OnlineRows:
 
     @cached_property
     def _write(self) -> Column:
-        table = self.table
-        names = [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
-        function = _latest_row_writer(self.store, table)
-        return arrow_map_function(function, _ROW_WRITE_COUNTS_DDL, [*names, *_FLAGS])
+        function = _latest_row_writer(self.store, self.table)
+        columns = [*_written_names(self.table), *_FLAGS]
+        return arrow_map_function(function, _ROW_WRITE_COUNTS_DDL, columns)
 
     def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
         encoded = computed.classified().select(*self._columns)
@@ -347,10 +346,15 @@ class OnlineRows:
 _FLAGS = (MISSING_COLUMN, INSIDE_COLUMN)
 
 
+def _written_names(table: OnlineTable) -> list[str]:
+    """The columns of an :class:`OnlineRows` row as the store takes it, in order."""
+    return [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
+
+
 def _latest_row_writer(store: OnlineStore, table: OnlineTable) -> ArrowMap:
     """The function of an :class:`OnlineRows` job: over one partition's encoded rows,
     write the newest valid row per key and report the partition's counts."""
-    names = [*table.key_names, EVENT_MICROS_COLUMN, *table.feature_names]
+    names = _written_names(table)
     width = len(table.keys)
 
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
