@@ -52,6 +52,7 @@ from fs_dagster.definitions.aggregations import BOOLEAN_FUNCTIONS, NUMERIC_FUNCT
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.engine.encoding import online_kind
+from fs_dagster.engine.spark_session import one_wave
 from fs_dagster.stores.online.base import (
     ColumnKind,
     OnlineColumn,
@@ -307,8 +308,8 @@ def write_partials(
             )
         yield pd.DataFrame({"written": [written]})
 
-    counts = partials.mapInPandas(write, schema="written long").collect()  # type: ignore[arg-type]
-    return sum(int(row["written"]) for row in counts)
+    counts = one_wave(partials).mapInPandas(write, schema="written long")  # type: ignore[arg-type]
+    return sum(int(row["written"]) for row in counts.collect())
 
 
 def state_json(row: Mapping[str, Any], states: Sequence[StateSpec]) -> str:

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["S3Settings", "SparkSettings", "create_spark_session", "spark_conf"]
+__all__ = ["S3Settings", "SparkSettings", "create_spark_session", "one_wave", "spark_conf"]
 
 
 @dataclass(frozen=True)
@@ -191,3 +191,14 @@ def create_spark_session(settings: SparkSettings) -> SparkSession:
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+def one_wave(df: DataFrame) -> DataFrame:
+    """``df`` in at most as many partitions as Spark runs tasks at once, without a shuffle.
+
+    A small streaming batch costs its tasks more than its rows: a Kafka batch has one
+    partition per topic partition and a shuffle ``spark.sql.shuffle.partitions``, and a
+    second wave of tasks, each starting its Python worker's work again, costs more than
+    the first wave's rows (measured in ``bench/README.md``). One wave is as parallel.
+    """
+    return df.coalesce(df.sparkSession.sparkContext.defaultParallelism)

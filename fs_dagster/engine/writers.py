@@ -51,6 +51,7 @@ from fs_dagster.engine.sources import (
     POSITION_COLUMN,
     parse_schema,
 )
+from fs_dagster.engine.spark_session import one_wave
 from fs_dagster.planning.plan import EVENT_DATE_COLUMN, StoragePlan
 from fs_dagster.stores.online.base import (
     EVENT_MICROS_COLUMN,
@@ -306,7 +307,6 @@ class OnlineRows:
         self.feature_set = feature_set
         self.store = store
         self.table = table
-        self._parallelism: int | None = None
 
     @cached_property
     def _columns(self) -> list[Column]:
@@ -326,12 +326,7 @@ class OnlineRows:
         return arrow_map_function(function, _ROW_WRITE_COUNTS_DDL, columns)
 
     def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
-        encoded = computed.classified().select(*self._columns)
-        # A small batch costs its tasks more than its rows: one wave of tasks (a Kafka
-        # batch has one partition per topic partition) is as parallel and cheaper.
-        if self._parallelism is None:
-            self._parallelism = encoded.sparkSession.sparkContext.defaultParallelism
-        encoded = encoded.coalesce(self._parallelism)
+        encoded = one_wave(computed.classified().select(*self._columns))
         counts = map_in_arrow(encoded, self._write).collect()
         newest = [c["newest"] for c in counts if c["newest"] is not None]
         computed.record_output_counts(
@@ -443,7 +438,7 @@ class OnlineTiles:
         # counted on the way (late rows included); late rows, if any, cost a second one.
         on_time = computed.observed_rows(late_before=watermark)
         tiles = write_partials(
-            tile_partials(on_time, plan), store, plan, batch_id, fresh_after=previous
+            tile_partials(one_wave(on_time), plan), store, plan, batch_id, fresh_after=previous
         )
         late_count = computed.record_observed_counts()
         if late_count:
