@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +51,8 @@ from fs_dagster.aggregation.tiles import TileIndex, read_spans, window_bounds
 from fs_dagster.definitions.aggregations import BOOLEAN_FUNCTIONS, NUMERIC_FUNCTIONS
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.definitions.names import spark_identifier
+from fs_dagster.engine.arrow_map import PandasMap, map_in_pandas, pandas_map_function
 from fs_dagster.engine.encoding import online_kind
 from fs_dagster.engine.spark_session import one_wave
 from fs_dagster.stores.online.base import (
@@ -66,6 +68,8 @@ from fs_dagster.stores.online.base import (
 )
 
 __all__ = [
+    "TilePartials",
+    "TileWriter",
     "aggregation_plan",
     "apply_partials",
     "check_aggregations",
@@ -143,7 +147,7 @@ def _partial_aggregates(plan: AggregationPlan) -> list[Column]:
     aggregates: list[Column] = []
     for state in plan.states:
         value = F.col(f"__v_{state.column}")
-        name = state.key.replace(":", "__")
+        name = _partial_column(state.key)
         if state.kind == "sum":
             aggregates.append(F.sum(value).alias(name))
         elif state.kind == "count":
@@ -175,33 +179,57 @@ def _partial_aggregates(plan: AggregationPlan) -> list[Column]:
     return aggregates
 
 
-def tile_partials(on_time: DataFrame, plan: AggregationPlan) -> DataFrame:
-    """One row per (key, resolution, tile) with the batch's partial states."""
-    fs = plan.feature_set
-    keys = list(fs.key)
-    columns = sorted({s.column for s in plan.states})
-    base = on_time.select(
-        *[F.col(k) for k in keys],
-        F.unix_micros(F.col(fs.timestamp_column).cast("timestamp")).alias(_MICROS),
-        *[_value(c, plan.column_kinds[c]).alias(f"__v_{c}") for c in columns],
-    )
-    # Every event once per resolution, then one shuffle for all resolutions' tiles.
-    rungs = F.array(*[F.lit(r).cast("long") for r in plan.resolutions])
-    tiled = base.withColumn(_RES, F.explode(rungs))
-    tiled = tiled.withColumn(
-        _TILE,
-        (F.floor(F.col(_MICROS) / (F.col(_RES) * F.lit(1_000_000))) * F.col(_RES)).cast("long"),
-    )
-    group = [*keys, _RES, _TILE]
-    moments = sorted({s.column for s in plan.states if s.kind == "moments"})
-    if moments:
+class TilePartials:
+    """:func:`tile_partials` prepared once for a plan: its columns are built here, so that
+    a stream's batch costs a few calls into the JVM rather than several per state."""
+
+    def __init__(self, plan: AggregationPlan) -> None:
+        fs = plan.feature_set
+        keys = list(fs.key)
+        columns = sorted({s.column for s in plan.states})
+        micros = F.unix_micros(F.col(fs.timestamp_column).cast("timestamp"))
+        # Every event once per resolution, with its tile there (one generator, so one
+        # projection), then one shuffle for all resolutions' tiles.
+        tiles = F.inline(
+            F.array(
+                *[
+                    F.struct(
+                        F.lit(r).cast("long").alias(_RES),
+                        (F.floor(micros / F.lit(r * 1_000_000)) * F.lit(r))
+                        .cast("long")
+                        .alias(_TILE),
+                    )
+                    for r in plan.resolutions
+                ]
+            )
+        )
+        self._tiled = [
+            *[F.col(k) for k in keys],
+            micros.alias(_MICROS),
+            *[_value(c, plan.column_kinds[c]).alias(f"__v_{c}") for c in columns],
+            tiles,
+        ]
+        group = [*keys, _RES, _TILE]
+        self._group = [F.col(c) for c in group]
         # The tile's minimum is its pivot: deterministic, and close to every value.
         by_tile = Window.partitionBy(*[F.col(c) for c in group])
-        for column in moments:
-            tiled = tiled.withColumn(
-                f"__p_{column}", F.min(F.col(f"__v_{column}").cast("double")).over(by_tile)
-            )
-    return tiled.groupBy(*group).agg(*_partial_aggregates(plan))
+        self._pivots = [
+            (f"__p_{c}", F.min(F.col(f"__v_{c}").cast("double")).over(by_tile))
+            for c in sorted({s.column for s in plan.states if s.kind == "moments"})
+        ]
+        self._aggregates = _partial_aggregates(plan)
+
+    def __call__(self, on_time: DataFrame) -> DataFrame:
+        """One row per (key, resolution, tile) with ``on_time``'s partial states."""
+        tiled = on_time.select(*self._tiled)
+        for name, pivot in self._pivots:
+            tiled = tiled.withColumn(name, pivot)
+        return tiled.groupBy(*self._group).agg(*self._aggregates)
+
+
+def tile_partials(on_time: DataFrame, plan: AggregationPlan) -> DataFrame:
+    """One row per (key, resolution, tile) with the batch's partial states."""
+    return TilePartials(plan)(on_time)
 
 
 def prepare_online_tiles(store: OnlineStore, plan: AggregationPlan) -> None:
@@ -272,27 +300,69 @@ def encode_partials(partials: DataFrame, plan: AggregationPlan) -> DataFrame:
     return partials.mapInPandas(encode, schema=schema)  # type: ignore[arg-type]
 
 
-def write_partials(
-    partials: DataFrame,
-    store: OnlineStore,
-    plan: AggregationPlan,
-    version: int,
-    *,
-    fresh_after: int | None = None,
-    overwrite_at: int | None = None,
-) -> int:
-    """Merge the partial rows of :func:`tile_partials` into the stored online tiles (see
-    :func:`apply_partials`) in one Spark job; returns how many tiles were written.
+class TileWriter:
+    """Merges tile partials into the stored online tiles (see :func:`apply_partials`) in
+    one Spark job; its Python function is built once, and a batch's version and bounds
+    reach it as columns.
 
     Each partition encodes its partials and writes them in the same Python worker: the
     rows cross from the JVM to Python once, as Arrow batches.
     """
+
+    def __init__(self, store: OnlineStore, plan: AggregationPlan) -> None:
+        names = [*plan.feature_set.key, _RES, _TILE, *(_partial_column(s.key) for s in plan.states)]
+        self._columns = [F.col(spark_identifier(n)) for n in names]
+        self._function = pandas_map_function(
+            _tile_merge(store, plan), "written long", [*names, *_WRITE_ARGUMENTS]
+        )
+
+    def write(
+        self,
+        partials: DataFrame,
+        version: int,
+        *,
+        fresh_after: int | None = None,
+        overwrite_at: int | None = None,
+    ) -> int:
+        """Merge ``partials`` (of :func:`tile_partials`) at ``version``; returns how many
+        tiles were written. ``fresh_after`` and ``overwrite_at``: see
+        :func:`apply_partials`."""
+        arguments = (version, fresh_after, overwrite_at)
+        rows = one_wave(partials).select(
+            *self._columns,
+            *[
+                F.lit(value).cast("long").alias(name)
+                for name, value in zip(_WRITE_ARGUMENTS, arguments, strict=True)
+            ],
+        )
+        counts = map_in_pandas(rows, self._function).collect()
+        return sum(int(row["written"]) for row in counts)
+
+
+_WRITE_ARGUMENTS = ("__fs_version", "__fs_fresh_after", "__fs_overwrite_at")
+
+
+def _partial_column(state_key: str) -> str:
+    """The column of a partial state in :func:`tile_partials`' rows."""
+    return state_key.replace(":", "__")
+
+
+def _tile_merge(store: OnlineStore, plan: AggregationPlan) -> PandasMap:
+    """The Python function of a :class:`TileWriter` job."""
     keys = list(plan.feature_set.key)
     states = plan.states
 
-    def write(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+    def argument(batch: pd.DataFrame, name: str) -> int | None:
+        value = batch[name].iloc[0]
+        return None if pd.isna(value) else int(value)
+
+    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         written = 0
         for batch in batches:
+            if batch.empty:
+                continue
+            version, fresh_after, overwrite_at = (argument(batch, n) for n in _WRITE_ARGUMENTS)
+            assert version is not None
             records: list[dict[str, Any]] = batch.to_dict("records")  # type: ignore[assignment]
             encoded = (
                 {
@@ -308,8 +378,23 @@ def write_partials(
             )
         yield pd.DataFrame({"written": [written]})
 
-    counts = one_wave(partials).mapInPandas(write, schema="written long")  # type: ignore[arg-type]
-    return sum(int(row["written"]) for row in counts.collect())
+    return write
+
+
+def write_partials(
+    partials: DataFrame,
+    store: OnlineStore,
+    plan: AggregationPlan,
+    version: int,
+    *,
+    fresh_after: int | None = None,
+    overwrite_at: int | None = None,
+) -> int:
+    """Merge the partial rows of :func:`tile_partials` into the stored online tiles (a
+    :class:`TileWriter` built for one write); returns how many tiles were written."""
+    return TileWriter(store, plan).write(
+        partials, version, fresh_after=fresh_after, overwrite_at=overwrite_at
+    )
 
 
 def state_json(row: Mapping[str, Any], states: Sequence[StateSpec]) -> str:
@@ -321,7 +406,7 @@ def partial_state(row: Mapping[str, Any], states: Sequence[StateSpec]) -> dict[s
     """The tile state of one partial row computed by :func:`tile_partials`."""
     state: dict[str, Any] = {}
     for spec in states:
-        raw = _plain(row[spec.key.replace(":", "__")])
+        raw = _plain(row[_partial_column(spec.key)])
         if spec.kind in ("sum", "min", "max"):
             value = raw
         elif spec.kind == "count":

@@ -156,6 +156,25 @@ _OUTPUT_PART = -1
 _CLASSIFICATION = (MISSING_COLUMN, INSIDE_COLUMN, MICROS_COLUMN)
 
 
+class OutputCounts:
+    """The expressions that count a batch's classified output rows on the way through a
+    writer's job (:meth:`Computed.observed_rows`); built once per :class:`Computation`,
+    as each costs calls into the JVM and a stream counts every batch."""
+
+    def __init__(self) -> None:
+        missing, inside, self.micros = (F.col(c) for c in _CLASSIFICATION)
+        valid = ~missing
+        #: Output rows with key and event time inside the trigger's range.
+        self.kept = valid & inside
+        #: Counts of the output rows: ``invalid``, ``rows``, ``outside``, ``newest``.
+        self.columns = [
+            F.count(F.when(missing, F.lit(1))).alias("invalid"),
+            F.count(F.when(self.kept, F.lit(1))).alias("rows"),
+            F.count(F.when(valid & ~inside, F.lit(1))).alias("outside"),
+            F.max(F.when(valid, self.micros)).alias("newest"),
+        ]
+
+
 class Computed:
     """What the computation made of one batch of source rows.
 
@@ -178,11 +197,13 @@ class Computed:
         classified: DataFrame,
         owned: EventRange,
         observations: Sequence[Observation],
+        output_counts: OutputCounts,
     ) -> None:
         self.sources = sources
         self.range = owned
         self._classified = classified
         self._observations = observations
+        self._output_counts = output_counts
         self._output_observation: Observation | None = None
         self._counts: BatchCounts | None = None
 
@@ -226,22 +247,19 @@ class Computed:
         count rows itself): after that job's action, :meth:`record_observed_counts` takes
         the counts and says how many rows of :attr:`rows` were older than ``late_before``.
         """
-        missing, inside, micros = (F.col(c) for c in _CLASSIFICATION)
-        valid = ~missing
-        late = F.lit(False)
-        if late_before is not None:
-            late = valid & inside & (micros < F.lit(late_before))
+        counts = self._output_counts
         observation = Observation()
-        observed = self._classified.observe(
-            observation,
-            F.count(F.when(missing, F.lit(1))).alias("invalid"),
-            F.count(F.when(valid & inside, F.lit(1))).alias("rows"),
-            F.count(F.when(valid & ~inside, F.lit(1))).alias("outside"),
-            F.max(F.when(valid, micros)).alias("newest"),
-            F.count(F.when(late, F.lit(1))).alias("late"),
-        )
+        if late_before is None:
+            observed = self._classified.observe(observation, *counts.columns)
+            kept = counts.kept
+        else:
+            late = counts.kept & (counts.micros < F.lit(late_before))
+            observed = self._classified.observe(
+                observation, *counts.columns, F.count(F.when(late, F.lit(1))).alias("late")
+            )
+            kept = counts.kept & ~late
         self._output_observation = observation
-        return observed.where(valid & inside & ~late).drop(*_CLASSIFICATION)
+        return observed.where(kept).drop(*_CLASSIFICATION)
 
     def record_observed_counts(self) -> int:
         """Record the counts observed by the action over :meth:`observed_rows`; returns
@@ -262,7 +280,7 @@ class Computed:
             outside_count=int(observed["outside"]),
             max_event_micros=observed["newest"],
         )
-        return int(observed["late"])
+        return int(observed.get("late", 0))
 
     def record_output_counts(
         self, invalid: int, row_count: int, outside_count: int, max_event_micros: int | None
@@ -431,6 +449,7 @@ class Computation:
             MICROS_COLUMN: micros,
         }
         self._sql = self._prepared_sql(shapes)
+        self._output_counts = OutputCounts()
 
     def _prepared_sql(self, shapes: Mapping[str, DataFrame]) -> str | None:
         """The one SQL statement of a batch, if the transformation is SQL that Spark
@@ -494,7 +513,7 @@ class Computation:
             classified = self._run_transformation(observed)
         if self.cache:
             classified = classified.persist()
-        return Computed(sources, classified, self.owned, observations)
+        return Computed(sources, classified, self.owned, observations, self._output_counts)
 
     def _run_sql(self, sources: Mapping[str, DataFrame]) -> DataFrame:
         assert self._sql is not None

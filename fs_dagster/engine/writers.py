@@ -31,7 +31,13 @@ from pyspark.sql import functions as F  # noqa: N812
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.sources import KafkaSource
-from fs_dagster.engine.aggregates import encode_partials, tile_partials, write_partials
+from fs_dagster.engine.aggregates import (
+    TilePartials,
+    TileWriter,
+    encode_partials,
+    tile_partials,
+    write_partials,
+)
 from fs_dagster.engine.arrow_map import ArrowMap, arrow_map_function, map_in_arrow
 from fs_dagster.engine.computation import (
     INSIDE_COLUMN,
@@ -425,6 +431,15 @@ class OnlineTiles:
         self.store = store
         self.aggregation = aggregation
 
+    # Built with the first batch, reused by the next ones.
+    @cached_property
+    def _partials(self) -> TilePartials:
+        return TilePartials(self.aggregation)
+
+    @cached_property
+    def _writer(self) -> TileWriter:
+        return TileWriter(self.store, self.aggregation)
+
     def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
         fs = self.feature_set
         plan = self.aggregation
@@ -437,8 +452,8 @@ class OnlineTiles:
         # One job: the on-time rows' partials are merged into the tiles, and the batch is
         # counted on the way (late rows included); late rows, if any, cost a second one.
         on_time = computed.observed_rows(late_before=watermark)
-        tiles = write_partials(
-            tile_partials(one_wave(on_time), plan), store, plan, batch_id, fresh_after=previous
+        tiles = self._writer.write(
+            self._partials(one_wave(on_time)), batch_id, fresh_after=previous
         )
         late_count = computed.record_observed_counts()
         if late_count:
