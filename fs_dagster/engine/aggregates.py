@@ -361,8 +361,8 @@ def _tile_merge(store: OnlineStore, plan: AggregationPlan) -> PandasMap:
         for batch in batches:
             if batch.empty:
                 continue
-            version, fresh_after, overwrite_at = (argument(batch, n) for n in _WRITE_ARGUMENTS)
-            assert version is not None
+            version = int(batch[_WRITE_ARGUMENTS[0]].iloc[0])
+            fresh_after, overwrite_at = (argument(batch, n) for n in _WRITE_ARGUMENTS[1:])
             records: list[dict[str, Any]] = batch.to_dict("records")  # type: ignore[assignment]
             encoded = (
                 {
