@@ -27,9 +27,7 @@ def test_more_partitions_than_task_slots_become_one_wave(spark: SparkSession) ->
 def test_a_shuffle_is_coalesced_without_another_one(spark: SparkSession) -> None:
     slots = spark.sparkContext.defaultParallelism
     grouped = (
-        spark.range(0, 1_000, numPartitions=slots * 2)
-        .groupBy((F.col("id") % 7).alias("k"))
-        .count()
+        spark.range(0, 1_000, numPartitions=slots * 2).groupBy((F.col("id") % 7).alias("k")).count()
     )
     waved = one_wave(grouped)
     assert _exchanges(waved) == _exchanges(grouped) == 1
