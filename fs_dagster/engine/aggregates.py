@@ -622,13 +622,18 @@ def read_aggregates(
             back); offline point-in-time reads serve any time.
     """
     now_seconds = now_micros() // 1_000_000
+    ranges = read_spans(tuple(plan.window_seconds), at_micros, plan.resolutions)
+    spans = [(r.resolution, r.first, r.last) for r in ranges]
     # Without the table's creation and seeding times a rung counts as expired as soon as
     # its first needed tile could be: only then can those facts change the answer (a
     # seeding lies in the past, so it cannot expire a tile that is still retained). Recent
-    # reads, the usual ones, skip asking the store for them.
+    # reads, the usual ones, skip asking the store for them; older ones ask together with
+    # the tiles, in one round trip.
     rung = plan.expired_rung(at_micros, now_seconds, None)
-    if rung is not None:
-        created, seeded = store.tiles_history(plan.tile_table)
+    if rung is None:
+        stored = store.read_tiles_for_keys(plan.tile_table, keys, spans)
+    else:
+        stored, (created, seeded) = store.read_tiles_with_history(plan.tile_table, keys, spans)
         rung = plan.expired_rung(
             at_micros,
             now_seconds,
@@ -642,11 +647,8 @@ def read_aggregates(
             f"{rung} s tiles are kept {plan.retention(rung)} s after they are written and "
             "may be gone; read times that recent, or use get_offline_features for any time"
         )
-    ranges = read_spans(tuple(plan.window_seconds), at_micros, plan.resolutions)
-    spans = [(r.resolution, r.first, r.last) for r in ranges]
     reader = _WindowReader(plan)
     rows: list[dict[str, Any]] = []
-    stored = store.read_tiles_for_keys(plan.tile_table, keys, spans) if spans else [[]] * len(keys)
     for key_tiles in stored:
         # One parse for all of a key's tiles: a read needs hundreds of them.
         states = json.loads(f"[{','.join(t.state for t in key_tiles)}]")

@@ -282,6 +282,17 @@ def test_tile_history_and_one_key_reads(store: OnlineStore) -> None:
         [StoredTile(60, start + 60, 3, '{"n":1}'), StoredTile(60, start + 120, 3, '{"n":2}')]
     ]
     assert store.read_tiles_for_keys(tiles, [("b",)], [(60, start, start + 240)]) == [[]]
+    # A read at a past time asks for the tiles and the history together.
+    asked = [("b",), ("a",)]
+    ranges = [(60, start + 60, start + 120), (3600, start, start)]
+    assert store.read_tiles_with_history(tiles, asked, ranges) == (
+        store.read_tiles_for_keys(tiles, asked, ranges),
+        (created, T0 + 1),
+    )
+    assert store.read_tiles_with_history(tiles, asked, []) == ([[], []], (created, T0 + 1))
+    fresh = TileTable(name=f"tiles_{uuid.uuid4().hex[:10]}", keys=(OnlineColumn("u", "string"),))
+    store.ensure_tile_table(fresh)
+    assert store.read_tiles_with_history(fresh, [("a",)], ranges) == ([[]], (None, None))
 
     rows = table()
     store.ensure_table(rows)

@@ -352,6 +352,16 @@ class OnlineStore(ABC):
         with round trips asks both at once."""
         return self.tiles_created_at(table), self.tiles_seeded_at(table)
 
+    def read_tiles_with_history(
+        self,
+        table: TileTable,
+        keys: Sequence[tuple[Any, ...]],
+        ranges: Sequence[tuple[int, int, int]],
+    ) -> tuple[list[list[StoredTile]], tuple[int | None, int | None]]:
+        """:meth:`read_tiles_for_keys` and :meth:`tiles_history` together, what a read at
+        a past time needs; a store with round trips asks for both at once."""
+        return self.read_tiles_for_keys(table, keys, ranges), self.tiles_history(table)
+
     @staticmethod
     def _history_names(table: TileTable) -> tuple[str, str]:
         """Progress-log names of ``table``'s creation and seeding times."""

@@ -343,20 +343,58 @@ class CassandraOnlineStore(OnlineStore):
         """
         if not ranges:
             return [[] for _ in keys]
-        ordered = sorted(ranges)
-        bounds = {r: (first, last) for r, first, last in ordered}
+        groups, requests = self._tile_slices(table, keys, ranges)
+        return self._tiles_of(table, keys, ranges, groups, self._execute_all(requests))
+
+    def read_tiles_with_history(
+        self,
+        table: TileTable,
+        keys: Sequence[tuple[Any, ...]],
+        ranges: Sequence[tuple[int, int, int]],
+    ) -> tuple[list[list[StoredTile]], tuple[int | None, int | None]]:
+        """:meth:`read_tiles_for_keys` and :meth:`tiles_history` in one round of
+        concurrent requests: a read at a past time needs both, and a second round trip
+        after the first is most of the time such a read takes."""
+        history = (self._history_read(), (list(self._history_names(table)), 1))
+        if not ranges:
+            ((_ok, result),) = self._execute_all([history])
+            return [[] for _ in keys], self._history_of(table, result)
+        groups, requests = self._tile_slices(table, keys, ranges)
+        results = list(self._execute_all([*requests, history]))
+        tiles = self._tiles_of(table, keys, ranges, groups, results[:-1])
+        return tiles, self._history_of(table, results[-1][1])
+
+    def _tile_slices(
+        self,
+        table: TileTable,
+        keys: Sequence[tuple[Any, ...]],
+        ranges: Sequence[tuple[int, int, int]],
+    ) -> tuple[list[dict[bytes, tuple[Any, ...]]], list[tuple[Any, tuple[Any, ...]]]]:
+        """The key groups of a tile read and one slice request per group."""
         cql = (
             f"SELECT {self._key_columns(table)}, resolution, tile_start, version, state "
             f"FROM {self._qualified(table.name)} WHERE {self._keys_where(table)} "
             "AND (resolution, tile_start) >= (?, ?) AND (resolution, tile_start) <= (?, ?)"
         )
         statement = self._prepared_for(table.name, "tiles", cql)
+        ordered = sorted(ranges)
         low = ordered[0][:2]
         high = (ordered[-1][0], ordered[-1][2])
         groups = self._key_groups(table, dict.fromkeys(tuple(k) for k in keys))
-        results = self._concurrently(
-            statement, [(*self._keys_args(group), *low, *high) for group in groups]
-        )
+        requests = [(statement, (*self._keys_args(group), *low, *high)) for group in groups]
+        return groups, requests
+
+    def _tiles_of(
+        self,
+        table: TileTable,
+        keys: Sequence[tuple[Any, ...]],
+        ranges: Sequence[tuple[int, int, int]],
+        groups: Sequence[Mapping[bytes, tuple[Any, ...]]],
+        results: Iterable[tuple[bool, Any]],
+    ) -> list[list[StoredTile]]:
+        """Each key's tiles from the results of :meth:`_tile_slices`' requests, each rung's
+        tiles kept within that rung's range."""
+        bounds = {r: (first, last) for r, first, last in ranges}
         found: dict[tuple[Any, ...], list[StoredTile]] = {}
         width = len(table.keys)
         for group, (_ok, result) in zip(groups, results, strict=True):
@@ -557,16 +595,26 @@ class CassandraOnlineStore(OnlineStore):
         return None if row is None else int(row[0])
 
     def tiles_history(self, table: TileTable) -> tuple[int | None, int | None]:
-        """Creation and seeding times of ``table``, both asked at once: a read at a past
+        """Creation and seeding times of ``table``, both in one request: a read at a past
         time needs them, and one round trip more is a quarter of such a read."""
-        requests = [(name, 1) for name in self._history_names(table)]
-        created, seeded = (
-            r.one() for _ok, r in self._concurrently(self._progress_read(), requests)
+        history = (list(self._history_names(table)), 1)
+        result = self._session().execute(self._history_read(), history)
+        return self._history_of(table, result)
+
+    def _history_read(self) -> Any:
+        """The newest progress entry of each of several names (a list bound to ``IN``)
+        before a batch id."""
+        cql = (
+            f"SELECT name, max_event_micros FROM {self._qualified(_PROGRESS)} "
+            "WHERE name IN ? AND batch_id < ? PER PARTITION LIMIT 1"
         )
-        return (
-            None if created is None else int(created[0]),
-            None if seeded is None else int(seeded[0]),
-        )
+        return self._prepared_for(_PROGRESS, "history-read", cql)
+
+    def _history_of(self, table: TileTable, result: Iterable[Any]) -> tuple[int | None, int | None]:
+        """Creation and seeding times from the rows of :meth:`_history_read`."""
+        found = {name: int(micros) for name, micros in result}
+        created, seeded = self._history_names(table)
+        return found.get(created), found.get(seeded)
 
     def _progress_read(self) -> Any:
         cql = (
