@@ -56,7 +56,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -213,11 +213,35 @@ def _merge(state: list[Any] | None, amount: float) -> list[Any]:
     return [state[0] + amount, state[1] + 1, max(state[2], amount)]
 
 
-class RowTiles(StatefulProcessor):
-    """A key's tiles in one ``ValueState`` (JSON); emits each touched tile's full state."""
+class KeyTiles(StatefulProcessor):
+    """A key's tiles in one ``ValueState`` (JSON), for the two state processors below."""
 
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.tiles = handle.getValueState("tiles", "tiles STRING")
+
+    def fold(self, events: Iterable[tuple[Any, Any, Any]]) -> list[tuple[Any, ...]]:
+        """Merge ``(resolution, tile, amount)`` triples into the key's tiles; returns
+        each touched tile's ``(resolution, tile, sum, count, max)``."""
+        stored = self.tiles.get()
+        current: dict[str, list[Any]] = json.loads(stored[0]) if stored else {}
+        touched: set[str] = set()
+        for res, tile, amount in events:
+            name = f"{res}:{tile}"
+            current[name] = _merge(current.get(name), float(amount))
+            touched.add(name)
+        self.tiles.update((json.dumps(current),))
+        out: list[tuple[Any, ...]] = []
+        for name in touched:
+            res, tile = name.split(":")
+            out.append((int(res), int(tile), *current[name]))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class RowTiles(KeyTiles):
+    """Emits each touched tile's full state, through ``transformWithState`` (rows)."""
 
     def handleInputRows(  # noqa: N802 - PySpark's name
         self,
@@ -225,28 +249,12 @@ class RowTiles(StatefulProcessor):
         rows: Any,
         timerValues: Any,  # noqa: N803
     ) -> Iterator[Row]:
-        stored = self.tiles.get()
-        current: dict[str, list[Any]] = json.loads(stored[0]) if stored else {}
-        touched: set[str] = set()
-        for row in rows:
-            name = f"{row.res}:{row.tile}"
-            current[name] = _merge(current.get(name), row.amount)
-            touched.add(name)
-        self.tiles.update((json.dumps(current),))
-        for name in touched:
-            res, tile = name.split(":")
-            s, c, m = current[name]
-            yield Row(user_id=key[0], res=int(res), tile=int(tile), s=s, c=c, m=m)
-
-    def close(self) -> None:
-        pass
+        for res, tile, s, c, m in self.fold((r.res, r.tile, r.amount) for r in rows):
+            yield Row(user_id=key[0], res=res, tile=tile, s=s, c=c, m=m)
 
 
-class PandasTiles(StatefulProcessor):
+class PandasTiles(KeyTiles):
     """:class:`RowTiles` through ``transformWithStateInPandas``."""
-
-    def init(self, handle: StatefulProcessorHandle) -> None:
-        self.tiles = handle.getValueState("tiles", "tiles STRING")
 
     def handleInputRows(  # noqa: N802 - PySpark's name
         self,
@@ -254,23 +262,13 @@ class PandasTiles(StatefulProcessor):
         rows: Any,
         timerValues: Any,  # noqa: N803
     ) -> Iterator[pd.DataFrame]:
-        stored = self.tiles.get()
-        current: dict[str, list[Any]] = json.loads(stored[0]) if stored else {}
-        touched: set[str] = set()
-        for frame in rows:
-            for res, tile, amount in zip(frame["res"], frame["tile"], frame["amount"], strict=True):
-                name = f"{res}:{tile}"
-                current[name] = _merge(current.get(name), float(amount))
-                touched.add(name)
-        self.tiles.update((json.dumps(current),))
-        out = []
-        for name in touched:
-            res, tile = name.split(":")
-            out.append((key[0], int(res), int(tile), *current[name]))
+        events = (
+            event
+            for frame in rows
+            for event in zip(frame["res"], frame["tile"], frame["amount"], strict=True)
+        )
+        out = [(key[0], *tile) for tile in self.fold(events)]
         yield pd.DataFrame(out, columns=["user_id", "res", "tile", "s", "c", "m"])
-
-    def close(self) -> None:
-        pass
 
 
 def blind_writer(store: fs.CassandraOnlineStore, plan: AggregationPlan) -> Any:
