@@ -17,11 +17,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fs_dagster as fs
 from fs_dagster.engine.pipeline import BatchReport, IngestionQuery
 from fs_dagster.planning.plan import StoragePlan
+
+if TYPE_CHECKING:
+    from pyspark.sql.streaming.query import StreamingQuery
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,14 +150,19 @@ def check_query(ingestion: IngestionQuery) -> None:
         raise RuntimeError(f"the ingestion query stopped: {ingestion.query.exception()}")
 
 
-def stop_when_idle(ingestion: IngestionQuery, timeout: float = 60) -> None:
-    """Stop the query between batches: stopping one mid-batch interrupts Spark jobs,
-    which Spark logs as errors that are not the bench's."""
+def wait_idle(query: StreamingQuery, timeout: float = 60) -> None:
+    """Wait (up to ``timeout``) until ``query`` is between batches: stopping one
+    mid-batch interrupts Spark jobs, which Spark logs as errors that are not the bench's."""
     deadline = time.monotonic() + timeout
-    while ingestion.query.isActive and time.monotonic() < deadline:
-        if not ingestion.query.status["isTriggerActive"]:
+    while query.isActive and time.monotonic() < deadline:
+        if not query.status["isTriggerActive"]:
             break
         time.sleep(0.1)
+
+
+def stop_when_idle(ingestion: IngestionQuery, timeout: float = 60) -> None:
+    """Stop the ingestion between batches (see :func:`wait_idle`)."""
+    wait_idle(ingestion.query, timeout)
     ingestion.stop()
 
 

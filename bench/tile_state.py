@@ -66,10 +66,10 @@ import pandas as pd
 from pyspark.sql import Row
 from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql.streaming.stateful_processor import StatefulProcessor, StatefulProcessorHandle
-from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
 import fs_dagster as fs
 from bench import aggregations as agg
+from bench import tile_store
 from bench.common import (
     PeakMemory,
     check_services,
@@ -85,6 +85,7 @@ from bench.common import (
     stop_when_idle,
     storage_plan,
     text_table,
+    wait_idle,
 )
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.engine.aggregates import aggregation_plan, prepare_online_tiles
@@ -101,15 +102,6 @@ log = logging.getLogger("bench.tile_state")
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("floor", "jvm-state", "tws-rows", "tws-pandas", "fs-dagster")
 HOST = "127.0.0.1"
-#: The transformation's output, as the plan of the feature set sees it.
-OUTPUT = StructType(
-    [
-        StructField("user_id", StringType()),
-        StructField("amount", DoubleType()),
-        StructField("seq", LongType()),
-        StructField("ts", StringType()),
-    ]
-)
 TILE_ROWS = "user_id STRING, res INT, tile LONG, s DOUBLE, c LONG, m DOUBLE"
 
 
@@ -151,7 +143,7 @@ def feature_set(name: str, topic: str, cfg: Config) -> fs.FeatureSet:
 
 
 def plan_of(feature_set: fs.FeatureSet) -> AggregationPlan:
-    return aggregation_plan(feature_set, OUTPUT)
+    return aggregation_plan(feature_set, tile_store.SCHEMA)
 
 
 def produce(cfg: Config, topic: str, produced: Produced, stop_at: float) -> None:
@@ -271,10 +263,15 @@ class PandasTiles(KeyTiles):
         yield pd.DataFrame(out, columns=["user_id", "res", "tile", "s", "c", "m"])
 
 
+def state_keys(plan: AggregationPlan) -> dict[str, str]:
+    """The keys of the sum, count and max states in the tile JSON fs-dagster keeps."""
+    return {spec.kind: spec.key for spec in plan.states}
+
+
 def blind_writer(store: fs.CassandraOnlineStore, plan: AggregationPlan) -> Any:
     """A ``mapInPandas`` function writing rows of :data:`TILE_ROWS` (plus the batch id as
     ``version``) as whole tiles, in the states' JSON fs-dagster keeps, without reading."""
-    names = {spec.kind: spec.key for spec in plan.states}
+    names = state_keys(plan)
     table = plan.tile_table
 
     def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -374,11 +371,7 @@ def start_mode(
     )
 
     def stop() -> None:
-        deadline = time.monotonic() + 60
-        while query.isActive and query.status["isTriggerActive"]:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        wait_idle(query)
         query.stop()
 
     return query, stop, plan
@@ -410,7 +403,7 @@ def check(
     low, high = min(seconds), max(seconds)
     ranges = [(r, low - low % r, high) for r in plan.resolutions]
     keys = [(f"u{k}",) for k in sorted(sample)]
-    names = {spec.kind: spec.key for spec in plan.states}
+    names = state_keys(plan)
     stored: dict[Any, list[Any]] = {}
     for (user,), tiles in zip(
         keys, store.read_tiles_for_keys(plan.tile_table, keys, ranges), strict=True
@@ -473,7 +466,6 @@ def run_mode(
         query, stop, plan = start_mode(
             spark, mode, cfg, topic=topic, name=name, store=store, workdir=workdir
         )
-        spark.conf.set("spark.sql.shuffle.partitions", previous)
         memory.reset()
         load_before = os.getloadavg()[0]
         began = time.monotonic()

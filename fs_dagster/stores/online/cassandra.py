@@ -356,10 +356,7 @@ class CassandraOnlineStore(OnlineStore):
         concurrent requests: a read at a past time needs both, and a second round trip
         after the first is most of the time such a read takes."""
         history = (self._history_read(), (list(self._history_names(table)), 1))
-        if not ranges:
-            ((_ok, result),) = self._execute_all([history])
-            return [[] for _ in keys], self._history_of(table, result)
-        groups, requests = self._tile_slices(table, keys, ranges)
+        groups, requests = self._tile_slices(table, keys, ranges) if ranges else ([], [])
         results = list(self._execute_all([*requests, history]))
         tiles = self._tiles_of(table, keys, ranges, groups, results[:-1])
         return tiles, self._history_of(table, results[-1][1])
