@@ -33,10 +33,12 @@ from tests.integration.aggregation_oracle import assert_rows_match
 
 pytestmark = [pytest.mark.dagster, pytest.mark.spark, pytest.mark.slow]
 
-# Yesterday: the partition today's midnight tick closes (recent, so that online windows
-# read now still reach it).
-DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
-START = DAY - timedelta(days=10)
+
+def _yesterday() -> datetime:
+    """The partition today's midnight tick closes: recent, so that online windows read now
+    still reach it. Taken when the test runs, not when pytest imports this file: the two
+    can fall on either side of midnight (a suite collected at 23:56 ran it at 00:05)."""
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
 
 
 @pytest.fixture
@@ -45,11 +47,11 @@ def instance() -> Iterator[DagsterInstance]:
         yield instance
 
 
-def _history(spark: SparkSession, path: Path) -> pd.DataFrame:
+def _history(spark: SparkSession, path: Path, day: datetime) -> pd.DataFrame:
     rng = random.Random(6)
-    moments = [DAY - timedelta(days=1) + timedelta(seconds=rng.uniform(0, 3 * 86400))]
-    moments += [DAY + timedelta(seconds=rng.uniform(0, 86400)) for _ in range(300)]
-    moments += [DAY + timedelta(days=1, seconds=rng.uniform(0, 600)) for _ in range(20)]
+    moments = [day - timedelta(days=1) + timedelta(seconds=rng.uniform(0, 3 * 86400))]
+    moments += [day + timedelta(seconds=rng.uniform(0, 86400)) for _ in range(300)]
+    moments += [day + timedelta(days=1, seconds=rng.uniform(0, 600)) for _ in range(20)]
     frame = pd.DataFrame(
         {
             "customer": [f"c{rng.randrange(8)}" for _ in moments],
@@ -65,7 +67,9 @@ def test_batch_feature_sets_on_their_cron(
     spark: SparkSession, spark_jars: tuple[str, ...], tmp_path: Path, instance: DagsterInstance
 ) -> None:
     suffix = uuid.uuid4().hex[:6]
-    history = _history(spark, tmp_path / "orders")
+    day = _yesterday()
+    start = day - timedelta(days=10)
+    history = _history(spark, tmp_path / "orders", day)
     source = fs.BatchSource(
         name=f"orders-{suffix}", path=str(tmp_path / "orders"), timestamp_column="event_time"
     )
@@ -78,7 +82,7 @@ def test_batch_feature_sets_on_their_cron(
         timestamp_column_name="event_time",
         scheduling_policy="0 0 * * *",
     )
-    @fs.batch.backfill(start_date=START)
+    @fs.batch.backfill(start_date=start)
     def rows() -> fs.SparkSqlTransformation:
         return fs.SparkSqlTransformation(f"SELECT customer, amount, event_time FROM {view}")
 
@@ -89,7 +93,7 @@ def test_batch_feature_sets_on_their_cron(
         timestamp_column_name="event_time",
         scheduling_policy="0 0 * * *",
     )
-    @fs.batch.backfill(start_date=START)
+    @fs.batch.backfill(start_date=start)
     def spend() -> fs.SparkSqlTransformation:
         return (
             fs.SparkSqlTransformation(f"SELECT customer, amount, event_time FROM {view}")
@@ -114,8 +118,8 @@ def test_batch_feature_sets_on_their_cron(
         start_automatically=False,
     )
     inside = history[
-        (history["event_time"] >= DAY.replace(tzinfo=None))
-        & (history["event_time"] < (DAY + timedelta(days=1)).replace(tzinfo=None))
+        (history["event_time"] >= day.replace(tzinfo=None))
+        & (history["event_time"] < (day + timedelta(days=1)).replace(tzinfo=None))
     ]
     client = fs.FeatureStore(
         online_store=fs.SqliteOnlineStore(tmp_path / "online.db"),
@@ -126,11 +130,11 @@ def test_batch_feature_sets_on_their_cron(
     for feature_set in (rows, spend):
         schedule = defs.resolve_schedule_def(f"{feature_set.storage_name}__batch_schedule")
         assert schedule.cron_schedule == "0 0 * * *"
-        tick = DAY + timedelta(days=1)
+        tick = day + timedelta(days=1)
         requests: Any = schedule.evaluate_tick(
             build_schedule_context(instance=instance, scheduled_execution_time=tick)
         ).run_requests
-        assert [r.partition_key for r in requests] == [DAY.strftime("%Y-%m-%dT%H:%M")]
+        assert [r.partition_key for r in requests] == [day.strftime("%Y-%m-%dT%H:%M")]
         assert isinstance(requests[0], RunRequest)
         result = materialize(
             [build_batch_asset(feature_set)],
