@@ -2,8 +2,8 @@
 
 ``dagster dev -m tests.dagster.aggregated_project`` serves one aggregated feature set
 over a directory of JSON files. The test turns the supervisor sensor on and writes events
-in files over time; three times, while the stream is being read, it SIGKILLs the online
-run's whole process tree (run worker, step process, Spark JVM and its Python workers).
+in files over time; three times, while the run still has files to read, it SIGKILLs the
+online run's whole process tree (run worker, step process, Spark JVM and its Python workers).
 Only the sensor starts runs. In the end every window value of every key, at several read
 times, must equal a brute-force oracle over the events: none lost, none counted twice.
 """
@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -134,16 +135,25 @@ def _new_started_run(dev: DagsterDev, finished: list[str]) -> dict[str, Any]:
 
 
 def _kill_while_reading(
-    dev: DagsterDev, run: dict[str, Any], counts: OnlineCounts, counted: int, delay: float
+    dev: DagsterDev,
+    run: dict[str, Any],
+    counts: OnlineCounts,
+    counted: int,
+    rest: Callable[[], None],
+    delay: float,
 ) -> int:
-    """SIGKILL ``run``'s process tree once it has counted more than ``counted`` events.
+    """SIGKILL ``run``'s process tree while it has files left to read; returns the count left.
 
-    Waits ``delay`` seconds more, so that kills land at different moments of a batch;
-    returns the count left behind. The sensor, not this, must notice.
+    Once the run has counted more than ``counted`` events, ``rest`` writes the phase's
+    other files; ``delay`` seconds later the tree is killed, so that kills land at
+    different moments of a batch. The source reads one file per one-second trigger, so
+    the run cannot have read both files written just before the kill. The sensor, not
+    this, must notice.
     """
     dev.wait_until(
         lambda: counts() > counted, timeout=180, what=f"run {run['runId']} to count events"
     )
+    rest()
     time.sleep(delay)
     worker = dev.run_worker_pid(run["runId"])
     assert worker in {p.pid for p in descendants(dev.process.pid)}, worker
@@ -178,14 +188,23 @@ def test_sensor_restarts_killed_aggregated_ingestion(
 
     killed: list[str] = []
     written = counted = 0
-    for phase in range(KILLS + 1):
-        for chunk in files[phase * FILES_PER_PHASE : (phase + 1) * FILES_PER_PHASE]:
+
+    def write(chunks: list[list[dict[str, Any]]]) -> None:
+        nonlocal written
+        for chunk in chunks:
             write_json_file(stream_dir(home), [json.dumps(e) for e in chunk])
             written += len(chunk)
+
+    for phase in range(KILLS + 1):
+        first, *rest = files[phase * FILES_PER_PHASE : (phase + 1) * FILES_PER_PHASE]
+        write([first])
         run = _new_started_run(dev, killed)
         if phase == KILLS:
+            write(rest)
             break
-        counted = _kill_while_reading(dev, run, counts, counted, jitter.uniform(0, 1.5))
+        counted = _kill_while_reading(
+            dev, run, counts, counted, partial(write, rest), jitter.uniform(0, 0.6)
+        )
         killed.append(run["runId"])
         assert counted < written, f"run {run['runId']} had read everything when killed"
 
