@@ -328,10 +328,12 @@ class TileWriter:
         tiles were written. ``fresh_after`` and ``overwrite_at``: see
         :func:`apply_partials`."""
         arguments = (version, fresh_after, overwrite_at)
+        # As text: Spark writes a number literal into the generated code, which a new
+        # value then compiles again every batch; a string literal is passed by reference.
         rows = one_wave(partials).select(
             *self._columns,
             *[
-                F.lit(value).cast("long").alias(name)
+                F.lit(None if value is None else str(value)).cast("string").alias(name)
                 for name, value in zip(_WRITE_ARGUMENTS, arguments, strict=True)
             ],
         )

@@ -253,7 +253,11 @@ class Computed:
             observed = self._classified.observe(observation, *counts.columns)
             kept = counts.kept
         else:
-            late = counts.kept & (counts.micros < F.lit(late_before))
+            # A one-element array, not a number: Spark writes a number literal into the
+            # generated code, so a watermark that moves every batch would compile the
+            # stage again every batch; an array literal reaches the code by reference.
+            # (Kept rows have an event time: no null reaches the comparison.)
+            late = counts.kept & (F.array(counts.micros) < F.lit([late_before]))
             observed = self._classified.observe(
                 observation, *counts.columns, F.count(F.when(late, F.lit(1))).alias("late")
             )
