@@ -149,16 +149,25 @@ def read_ranges(
     return per_window, ranges
 
 
-@lru_cache(maxsize=64)
 def read_spans(
     windows: tuple[int, ...], at_micros: int, resolutions: tuple[int, ...]
 ) -> tuple[TileRange, ...]:
     """Per resolution, the range of tiles a read at ``at_micros`` needs.
 
-    Cached: an online read asks twice (is any of them expired? then which to read), and
-    reads at the same time (a batch of keys, a replay's step) share it.
+    Cached by the second of ``at_micros``, the only part of it windows depend on (see
+    :func:`window_bounds`): an online read asks twice (is any of them expired? then which
+    to read), and reads in the same second (every read "now" of a busy server, a batch
+    of keys, a replay's step) share it. Working it out lists every tile of every window,
+    a sixth of a one-key read's time.
     """
-    return tuple(read_ranges(windows, at_micros, resolutions)[1])
+    return _read_spans(windows, at_micros // 1_000_000, resolutions)
+
+
+@lru_cache(maxsize=64)
+def _read_spans(
+    windows: tuple[int, ...], second: int, resolutions: tuple[int, ...]
+) -> tuple[TileRange, ...]:
+    return tuple(read_ranges(windows, second * 1_000_000, resolutions)[1])
 
 
 def retention_seconds(resolution: int, windows: Sequence[int], lateness_seconds: int) -> int:

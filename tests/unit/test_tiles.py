@@ -10,6 +10,7 @@ from fs_dagster.aggregation.tiles import (
     LADDER,
     TileIndex,
     decompose,
+    read_spans,
     resolutions_for,
     window_bounds,
 )
@@ -42,6 +43,31 @@ def test_index_finds_exactly_the_stored_tiles_of_the_decomposition(
         start, end = window_bounds(window, at * 1_000_000 + micros)
         expected = {t for t in decompose(start, end, resolutions) if t in tiles}
         assert set(index.covering(start, end)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(WINDOWS, min_size=1, max_size=4, unique=True),
+    st.integers(min_value=-2_000_000_000, max_value=2_000_000_000),
+    st.integers(min_value=0, max_value=999_999),
+    st.integers(min_value=0, max_value=999_999),
+)
+def test_spans_cached_by_the_second_are_those_of_the_exact_read_time(
+    windows: list[int], second: int, first: int, then: int
+) -> None:
+    resolutions = resolutions_for(windows)
+    expected: dict[int, tuple[int, int]] = {}
+    for window in windows:
+        start, end = window_bounds(window, second * 1_000_000 + then)
+        for resolution, tile in decompose(start, end, resolutions):
+            low, high = expected.get(resolution, (tile, tile))
+            expected[resolution] = (min(low, tile), max(high, tile))
+    # Reads in the second before (other spans) and earlier in the same second fill the
+    # cache first.
+    read_spans(tuple(windows), (second - 1) * 1_000_000 + first, resolutions)
+    read_spans(tuple(windows), second * 1_000_000 + first, resolutions)
+    spans = read_spans(tuple(windows), second * 1_000_000 + then, resolutions)
+    assert {s.resolution: (s.first, s.last) for s in spans} == expected
 
 
 def test_index_ignores_rungs_the_windows_do_not_use() -> None:
