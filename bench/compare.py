@@ -705,7 +705,7 @@ def scenario_agg(ctx: Context) -> dict[str, Any]:
             feature_sets=[feature_set],
             spark=ctx.spark,
         )
-        reads = aggregated_reads(ctx, client, feature_set, events)
+        reads = aggregated_reads(ctx, store, events, (f"cmpagg-{ctx.run_id}", topic, acfg))
         check = check_tumbling(
             client,
             feature_set,
@@ -746,29 +746,63 @@ def quix_topics(bootstrap: str, group: str) -> list[str]:
 
 
 def aggregated_reads(
-    ctx: Context, client: fs.FeatureStore, feature_set: fs.FeatureSet, events: agg.Events
+    ctx: Context,
+    store: fs.CassandraOnlineStore,
+    events: agg.Events,
+    rebuild: tuple[str, str, agg.BenchConfig],
 ) -> dict[str, Any]:
     """fs-dagster's online reads of the 15 aggregated features (Cassandra), 1 and 100
-    keys, at the newest event time; no peer serves them."""
+    keys, at the newest event time; no peer serves them. In a process of their own, as
+    the row-level reads (:func:`row_level_reads`); ``rebuild`` is what
+    :func:`bench.aggregations.aggregated_feature_set` made the feature set of (name,
+    topic, config): a feature set does not pickle."""
     scale = ctx.cfg.sizes
     rng = random.Random(ctx.cfg.seed + 4)
-    at = EPOCH + timedelta(microseconds=int(events.micros.max()))
     keys = [f"u{i}" for i in range(ctx.cfg.sizes.agg_keys)]
+    total = scale.read_warmup + scale.requests
+    spec = {
+        "feature_set": rebuild,
+        "keyspace": store.keyspace,
+        "port": ctx.cfg.cassandra_port,
+        "offline_root": str(ctx.workdir / "agg" / "offline"),
+        "at_micros": int(events.micros.max()),
+        "warmup": scale.read_warmup,
+        "requests": {
+            str(size): [rng.sample(keys, size) for _ in range(total)]
+            for size in (1, scale.batch_keys)
+        },
+    }
+    load_before = os.getloadavg()[0]
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        results: dict[str, Any] = pool.submit(_aggregated_reads, spec).result()
+    for size in results.values():
+        size["load_average_before"] = load_before
+        size["load_average_after"] = os.getloadavg()[0]
+    return results
+
+
+def _aggregated_reads(spec: dict[str, Any]) -> dict[str, Any]:
+    name, topic, acfg = spec["feature_set"]
+    feature_set = agg.aggregated_feature_set(
+        name, topic, acfg, max_offsets_per_trigger=acfg.max_offsets_per_trigger
+    )
+    client = fs.FeatureStore(
+        online_store=fs.CassandraOnlineStore(
+            hosts=[HOST], port=spec["port"], keyspace=spec["keyspace"]
+        ),
+        offline_root=spec["offline_root"],
+        feature_sets=[feature_set],
+    )
+    at = EPOCH + timedelta(microseconds=spec["at_micros"])
     results: dict[str, Any] = {}
-    for size in (1, scale.batch_keys):
+    for size, batches in spec["requests"].items():
         times: list[float] = []
-        load_before = os.getloadavg()[0]
-        for index in range(scale.read_warmup + scale.requests):
-            batch = rng.sample(keys, size)
+        for index, batch in enumerate(batches):
             began = time.perf_counter()
             client.get_online_features(feature_set, batch, at=at)
-            if index >= scale.read_warmup:
+            if index >= spec["warmup"]:
                 times.append(time.perf_counter() - began)
-        results[str(size)] = {
-            **latency(times),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg()[0],
-        }
+        results[size] = latency(times)
     return results
 
 
