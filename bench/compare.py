@@ -490,7 +490,24 @@ def scenario_pit(ctx: Context) -> dict[str, Any]:
     }
 
 
-def row_level_reads(spec: dict[str, str]) -> dict[str, Any]:
+def reads_in_own_process(
+    reads: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]
+) -> dict[str, Any]:
+    """``reads(spec)`` in a fresh process, as a peer's reads run: the bench's process runs
+    Spark, the memory sampler's thread and the other scenarios' leftovers, whose turns at
+    the interpreter lock land in a read's latency (1-key SQLite p99 0.29 ms there against
+    0.10-0.12 ms alone, 2026-12-03). Each request size's figures get the load averages
+    around the run."""
+    load_before = os.getloadavg()[0]
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        results: dict[str, Any] = pool.submit(reads, spec).result()
+    for size in results.values():
+        size["load_average_before"] = load_before
+        size["load_average_after"] = os.getloadavg()[0]
+    return results
+
+
+def row_level_reads(spec: dict[str, Any]) -> dict[str, Any]:
     """fs-dagster's side of ``online``, run in a process of its own: the requests of
     ``spec["requests"]`` against the SQLite table, latencies and the first values read."""
     feature_set = row_feature_set(spec["name"], Path(spec["features"]), Path(spec["stream_dir"]))
@@ -537,12 +554,7 @@ def scenario_online(ctx: Context) -> dict[str, Any]:
     requests_path = ctx.workdir / "requests.json"
     requests_path.write_text(json.dumps(requests))
     latest = oracle_latest(ctx.rows)
-    load_before = os.getloadavg()[0]
     ctx.memory.reset()
-    # In a process of its own, as Feast's reads are: this one runs Spark, the memory
-    # sampler's thread and the other scenarios' leftovers, whose turns at the
-    # interpreter lock land in a read's latency (1-key p99 0.29 ms here against
-    # 0.10-0.12 ms alone, 2026-12-03).
     spec = {
         "online_db": str(ctx.workdir / "online.db"),
         "name": ctx.row_set.name,
@@ -551,13 +563,10 @@ def scenario_online(ctx: Context) -> dict[str, Any]:
         "offline_root": str(ctx.workdir / "offline"),
         "requests": str(requests_path),
     }
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        fs_reads: dict[str, Any] = pool.submit(row_level_reads, spec).result()
+    fs_reads = reads_in_own_process(row_level_reads, spec)
     ctx.memory.sample()
     for size in fs_reads.values():
         size["peak_memory_bytes"] = ctx.memory.peak_bytes
-        size["load_average_before"] = load_before
-        size["load_average_after"] = os.getloadavg()[0]
     load_before = os.getloadavg()[0]
     feast = run_peer(
         "feast",
@@ -752,8 +761,8 @@ def aggregated_reads(
     rebuild: tuple[str, str, agg.BenchConfig],
 ) -> dict[str, Any]:
     """fs-dagster's online reads of the 15 aggregated features (Cassandra), 1 and 100
-    keys, at the newest event time; no peer serves them. In a process of their own, as
-    the row-level reads (:func:`row_level_reads`); ``rebuild`` is what
+    keys, at the newest event time; no peer serves them. In a process of their own
+    (:func:`reads_in_own_process`); ``rebuild`` is what
     :func:`bench.aggregations.aggregated_feature_set` made the feature set of (name,
     topic, config): a feature set does not pickle."""
     scale = ctx.cfg.sizes
@@ -761,7 +770,7 @@ def aggregated_reads(
     keys = [f"u{i}" for i in range(ctx.cfg.sizes.agg_keys)]
     total = scale.read_warmup + scale.requests
     spec = {
-        "feature_set": rebuild,
+        "rebuild": rebuild,
         "keyspace": store.keyspace,
         "port": ctx.cfg.cassandra_port,
         "offline_root": str(ctx.workdir / "agg" / "offline"),
@@ -772,17 +781,11 @@ def aggregated_reads(
             for size in (1, scale.batch_keys)
         },
     }
-    load_before = os.getloadavg()[0]
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        results: dict[str, Any] = pool.submit(_aggregated_reads, spec).result()
-    for size in results.values():
-        size["load_average_before"] = load_before
-        size["load_average_after"] = os.getloadavg()[0]
-    return results
+    return reads_in_own_process(_aggregated_reads, spec)
 
 
 def _aggregated_reads(spec: dict[str, Any]) -> dict[str, Any]:
-    name, topic, acfg = spec["feature_set"]
+    name, topic, acfg = spec["rebuild"]
     feature_set = agg.aggregated_feature_set(
         name, topic, acfg, max_offsets_per_trigger=acfg.max_offsets_per_trigger
     )
