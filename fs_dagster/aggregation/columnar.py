@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,13 @@ from fs_dagster.aggregation.states import state_kind
 from fs_dagster.aggregation.tiles import edge_resolution
 from fs_dagster.definitions.aggregations import AggregateSpec
 
-__all__ = ["columnar_supported", "columnar_window_values"]
+__all__ = [
+    "StateColumn",
+    "columnar_supported",
+    "columnar_window_values",
+    "merged_window_values",
+    "state_columns",
+]
 
 _KINDS = frozenset({"sum", "count", "min", "max", "bool"})
 _INTEGER = frozenset({"long", "int"})
@@ -55,6 +62,59 @@ def _dtype(plan: AggregationPlan, kind: str, column: str) -> Any:
     return np.float64
 
 
+@dataclass(frozen=True)
+class StateColumn:
+    """One number per tile taken from one state: a column of the merged tile table.
+
+    Attributes:
+        name: the column's name: the state key for the state itself, with ``|present``
+            (1 when the tile has the state: min and max only), ``|t`` and ``|n`` (a
+            boolean state's true and non-null counts).
+        state: the state's key in a tile's JSON.
+        part: ``value``, ``present``, ``t`` or ``n`` (see ``name``).
+        merge: how partials of one tile combine: ``sum``, ``min`` or ``max``.
+        integer: int64 values (else float64).
+    """
+
+    name: str
+    state: str
+    part: Literal["value", "present", "t", "n"]
+    merge: Literal["sum", "min", "max"]
+    integer: bool
+
+    @property
+    def dtype(self) -> Any:
+        """The numpy type of the column."""
+        return np.int64 if self.integer else np.float64
+
+    @property
+    def identity(self) -> float:
+        """The value of a tile without the state (it had only nulls): changes no merge."""
+        return _identity(self.merge, self.dtype)
+
+
+def state_columns(plan: AggregationPlan) -> list[StateColumn]:
+    """The columns of the merged tile table of ``plan`` (see :func:`columnar_supported`)."""
+    columns: list[StateColumn] = []
+    for spec in plan.states:
+        name = spec.key
+        if spec.kind == "bool":
+            columns += [
+                StateColumn(f"{name}|t", name, "t", "sum", True),
+                StateColumn(f"{name}|n", name, "n", "sum", True),
+            ]
+            continue
+        integer = _dtype(plan, spec.kind, spec.column) == np.int64
+        if spec.kind in ("min", "max"):
+            # Which tiles have a value (the identity could be a value of an int column).
+            columns.append(StateColumn(f"{name}|present", name, "present", "sum", True))
+            merge: Literal["min", "max"] = "min" if spec.kind == "min" else "max"
+            columns.append(StateColumn(name, name, "value", merge, integer))
+        else:
+            columns.append(StateColumn(name, name, "value", "sum", integer))
+    return columns
+
+
 def _tile_arrays(
     plan: AggregationPlan,
     key_ids: np.ndarray,
@@ -64,39 +124,38 @@ def _tile_arrays(
 ) -> pd.DataFrame:
     """One row per distinct tile, sorted by (resolution, key id, start), partials merged.
 
-    Columns: ``res``, ``pos`` (key id and start in one int64) and, per state, its
-    value(s); for min and max also a presence count (how many partials had it).
+    Columns: ``res``, ``pos`` (key id and start in one int64) and the
+    :func:`state_columns` of ``plan``.
     """
     columns: dict[str, Any] = {
         "res": resolutions.astype(np.int64),
-        "pos": (key_ids.astype(np.int64) << _START_BITS) + starts.astype(np.int64),
+        "pos": _positions(key_ids, starts),
     }
     parsed = [json.loads(s) for s in states]
     merge: dict[str, str] = {}
-    for spec in plan.states:
-        values = [p.get(spec.key) for p in parsed]
-        name = spec.key
-        if spec.kind == "bool":
-            columns[f"{name}|t"] = np.array([v[0] if v else 0 for v in values], np.int64)
-            columns[f"{name}|n"] = np.array([v[1] if v else 0 for v in values], np.int64)
-            merge[f"{name}|t"] = merge[f"{name}|n"] = "sum"
-            continue
-        dtype = _dtype(plan, spec.kind, spec.column)
-        if spec.kind in ("min", "max"):
-            # Which tiles have a value (the filler could be a value of an int column).
-            present = np.array([v is not None for v in values], np.int64)
-            columns[f"{name}|present"] = present
-            merge[f"{name}|present"] = "sum"
-        # A tile without the state had only nulls: it holds the merge's identity.
-        filler = _identity(spec.kind, dtype)
-        columns[name] = np.array([filler if v is None else v for v in values], dtype)
-        merge[name] = spec.kind if spec.kind in ("min", "max") else "sum"
+    for column in state_columns(plan):
+        values = [p.get(column.state) for p in parsed]
+        if column.part == "t":
+            taken = [v[0] if v else 0 for v in values]
+        elif column.part == "n":
+            taken = [v[1] if v else 0 for v in values]
+        elif column.part == "present":
+            taken = [v is not None for v in values]
+        else:
+            taken = [column.identity if v is None else v for v in values]
+        columns[column.name] = np.array(taken, column.dtype)
+        merge[column.name] = column.merge
     frame = pd.DataFrame(columns)
     if frame.empty:
         return frame
     # Several batches may have written partials of one tile: merge them.
     merged = frame.groupby(["res", "pos"], sort=True).agg(merge).reset_index()
     return merged
+
+
+def _positions(key_ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Key id and tile start in one int64, ordered by key id, then start."""
+    return (key_ids.astype(np.int64) << _START_BITS) + starts.astype(np.int64)
 
 
 def _identity(kind: str, dtype: Any) -> float:
@@ -143,22 +202,7 @@ def columnar_window_values(
         population_keys: the population's key columns, in ``tile_keys`` order.
         at_micros: read times in microseconds (float, NaN for none: every value null).
     """
-    rows = len(at_micros)
-    known = ~np.isnan(at_micros)
-    at_seconds = np.where(known, at_micros, 0).astype(np.int64) // 1_000_000
-    # One id per distinct key over tiles and population together.
-    combined = [
-        pd.concat(
-            [pd.Series(tiles[k]).reset_index(drop=True), pd.Series(p).reset_index(drop=True)],
-            ignore_index=True,
-        )
-        for k, p in zip(tile_keys, population_keys, strict=True)
-    ]
-    if len(combined) == 1:
-        codes, _ = pd.factorize(combined[0])
-    else:
-        codes, _ = pd.factorize(pd.MultiIndex.from_arrays(combined))
-    tile_ids, row_ids = codes[: len(tiles)], codes[len(tiles) :]
+    tile_ids, row_ids = _key_ids([tiles[k] for k in tile_keys], population_keys)
     table = _tile_arrays(
         plan,
         tile_ids,
@@ -166,6 +210,69 @@ def columnar_window_values(
         tiles["__fs_tile_start"].to_numpy(),
         list(tiles["state"]),
     )
+    return _window_values(plan, table, row_ids, at_micros)
+
+
+def merged_window_values(
+    plan: AggregationPlan,
+    tiles: Mapping[str, np.ndarray | pd.Series],
+    tile_keys: Sequence[str],
+    population_keys: Sequence[np.ndarray | pd.Series],
+    at_micros: np.ndarray,
+) -> dict[str, pd.Series]:
+    """:func:`columnar_window_values` over tiles whose partials are merged already.
+
+    Args:
+        plan: an aggregation plan for which :func:`columnar_supported` holds.
+        tiles: one row per (key, resolution, start): the key columns ``tile_keys``,
+            ``__fs_resolution``, ``__fs_tile_start`` and the :func:`state_columns` of
+            ``plan`` (each state merged by its ``merge``, a missing one its
+            ``identity``).
+        tile_keys: the key columns of ``tiles``.
+        population_keys: the population's key columns, in ``tile_keys`` order.
+        at_micros: read times in microseconds (float, NaN for none: every value null).
+    """
+    tile_ids, row_ids = _key_ids([tiles[k] for k in tile_keys], population_keys)
+    resolutions = np.asarray(tiles["__fs_resolution"], np.int64)
+    positions = _positions(tile_ids, np.asarray(tiles["__fs_tile_start"], np.int64))
+    order = np.lexsort((positions, resolutions))
+    table = pd.DataFrame(
+        {
+            "res": resolutions[order],
+            "pos": positions[order],
+            **{c.name: np.asarray(tiles[c.name], c.dtype)[order] for c in state_columns(plan)},
+        }
+    )
+    return _window_values(plan, table, row_ids, at_micros)
+
+
+def _key_ids(
+    tile_keys: Sequence[np.ndarray | pd.Series], population_keys: Sequence[np.ndarray | pd.Series]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One id per distinct key over tiles and population together (-1 for a null key)."""
+    tile_count = len(tile_keys[0])
+    combined = [
+        pd.concat(
+            [pd.Series(t).reset_index(drop=True), pd.Series(p).reset_index(drop=True)],
+            ignore_index=True,
+        )
+        for t, p in zip(tile_keys, population_keys, strict=True)
+    ]
+    if len(combined) == 1:
+        codes, _ = pd.factorize(combined[0])
+    else:
+        codes, _ = pd.factorize(pd.MultiIndex.from_arrays(combined))
+    return codes[:tile_count], codes[tile_count:]
+
+
+def _window_values(
+    plan: AggregationPlan, table: pd.DataFrame, row_ids: np.ndarray, at_micros: np.ndarray
+) -> dict[str, pd.Series]:
+    """The features for each (key id, read time) from the merged tiles of
+    :func:`_tile_arrays`."""
+    rows = len(at_micros)
+    known = ~np.isnan(at_micros)
+    at_seconds = np.where(known, at_micros, 0).astype(np.int64) // 1_000_000
     rungs = sorted(plan.resolutions)
     parents: dict[int, int | None] = {r: next((c for c in rungs if c > r), None) for r in rungs}
     base = row_ids.astype(np.int64) << _START_BITS
@@ -216,9 +323,13 @@ def _reduce_window(
             empty = end <= begin
             # reduceat over interleaved (begin, end) pairs: row k of the result reduces
             # part[begin_k:end_k]; a padding row makes end == len(part) a valid index.
+            # reduceat also reduces each gap [end_k, begin_k+1) (thrown away); reads in
+            # order keep the gaps short, and an empty read's pair (begin, begin) keeps its
+            # gap short too: (0, 0) there made the next gap start at 0, so that empty
+            # reads cost the length of the table each (18 s for a 1M-row population).
             indices = np.empty(2 * len(begin), np.int64)
-            indices[0::2] = np.where(empty, 0, begin)
-            indices[1::2] = np.where(empty, 0, end)
+            indices[0::2] = begin
+            indices[1::2] = np.where(empty, begin, end)
             for column in part.columns:
                 if column in ("res", "pos"):
                     continue
