@@ -34,6 +34,7 @@ from fs_dagster.engine.duckdb_retrieval import (
     DuckDBUnsupportedTableError,
     OfflineEngine,
     delta_location,
+    duckdb_point_in_time_aggregates,
     duckdb_point_in_time_join,
 )
 from fs_dagster.engine.pipeline import BatchReport
@@ -57,13 +58,15 @@ class FeatureStore:
         spark: the session for offline reads; the active or a local one by default.
         checkpoint_root: root of the checkpoints (only needed to build storage plans
             that match the ingestion's; defaults next to the offline root).
-        offline_engine: what computes a row-level point-in-time read to pandas
+        offline_engine: what computes a point-in-time read of one set to pandas
             (single-set form, pandas population): ``"duckdb"`` (in-process, no JVM),
-            ``"spark"``, or ``"auto"`` (default): DuckDB, unless the table is one it
-            cannot read (deletion vectors, column mapping, a root other than a local
-            path, ``file://``, ``s3a://`` or ``s3://``), then Spark. Both give identical
-            frames. Aggregated sets, the combined form and ``output="spark"`` run on
-            Spark whatever the choice.
+            ``"spark"``, or ``"auto"`` (default): DuckDB, unless the read is one it
+            does not do (deletion vectors, column mapping, a root other than a local
+            path, ``file://``, ``s3a://`` or ``s3://``; for an aggregated set also an
+            aggregate other than sum, count, min, max and the boolean ones, or a time
+            column that does not hold datetimes), then Spark. Both give the same
+            frames. The combined form and ``output="spark"`` run on Spark whatever the
+            choice.
         s3: endpoint, keys and region the DuckDB engine reads an ``s3a://`` root with;
             by default from the environment
             (:func:`~fs_dagster.engine.duckdb_retrieval.s3_settings_from_environment`).
@@ -233,8 +236,9 @@ class FeatureStore:
     ) -> pd.DataFrame | DataFrame:
         """Point-in-time correct features for each population row.
 
-        A row-level set read to pandas from a pandas population runs on DuckDB
-        in-process, everything else on Spark (see ``offline_engine`` of the store).
+        One set read to pandas from a pandas population runs in-process on DuckDB
+        (an aggregated set's windows with numpy), everything else on Spark (see
+        ``offline_engine`` of the store).
 
         Either one feature set (``get_offline_features(population, "user-spend")``), or
         features of several combined into one training set
@@ -284,7 +288,6 @@ class FeatureStore:
             )
         if (
             isinstance(target, FeatureSet)
-            and not target.is_aggregated
             and output == "pandas"
             and isinstance(population, pd.DataFrame)
         ):
@@ -328,13 +331,22 @@ class FeatureStore:
         """The read on DuckDB, or ``None`` when the engine choice sends it to Spark."""
         if self.offline_engine == "spark":
             return None
-        path = self.plan(feature_set).features_path
-        if self.offline_engine == "auto" and not _duckdb_reads(path):
+        plan = self.plan(feature_set)
+        paths = [plan.features_path, *([plan.tiles_path] if feature_set.is_aggregated else [])]
+        if self.offline_engine == "auto" and not all(_duckdb_reads(p) for p in paths):
             return None
-        location = delta_location(path, self._s3)
+        features = delta_location(plan.features_path, self._s3)
         try:
+            if feature_set.is_aggregated:
+                return duckdb_point_in_time_aggregates(
+                    feature_set,
+                    delta_location(plan.tiles_path, self._s3),
+                    features,
+                    population,
+                    point_in_time_column,
+                )
             return duckdb_point_in_time_join(
-                feature_set, location, population, point_in_time_column
+                feature_set, features, population, point_in_time_column
             )
         except DuckDBUnsupportedTableError:
             if self.offline_engine == "auto":

@@ -168,23 +168,6 @@ def _identity(kind: str, dtype: Any) -> float:
     return 0
 
 
-def _runs(
-    lows: np.ndarray, highs: np.ndarray, resolution: int, parent: int | None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per read, the start ranges ``[first, last]`` of the rung's tiles in its window."""
-    # Tile starts are never negative; a window reaching before the epoch starts there
-    # (a negative bound would reach into the previous key's positions).
-    lows = np.maximum(lows, 0)
-    if parent is None:
-        return [(lows, highs - resolution)]
-    first_whole = -(-lows // parent) * parent
-    last_whole = highs // parent * parent
-    split = first_whole <= last_whole
-    left = (lows, np.where(split, first_whole, highs) - resolution)
-    right = (np.where(split, last_whole, highs), highs - resolution)
-    return [left, right]
-
-
 def columnar_window_values(
     plan: AggregationPlan,
     tiles: pd.DataFrame,
@@ -273,15 +256,16 @@ def _window_values(
     rows = len(at_micros)
     known = ~np.isnan(at_micros)
     at_seconds = np.where(known, at_micros, 0).astype(np.int64) // 1_000_000
-    rungs = sorted(plan.resolutions)
-    parents: dict[int, int | None] = {r: next((c for c in rungs if c > r), None) for r in rungs}
+    ladder = sorted(plan.resolutions)
+    parents: dict[int, int | None] = {r: next((c for c in ladder if c > r), None) for r in ladder}
     base = row_ids.astype(np.int64) << _START_BITS
     # A missing key (code -1) must find no tile: push its positions below every tile.
     base = np.where(row_ids < 0, np.int64(-1) << 62, base)
-    by_rung: dict[int, pd.DataFrame] = {}
+    columns = state_columns(plan)
+    rungs: dict[int, _Rung] = {}
     if not table.empty:
         for resolution, part in table.groupby("res", sort=True):
-            by_rung[int(str(resolution))] = part.reset_index(drop=True)
+            rungs[int(str(resolution))] = _Rung(part.reset_index(drop=True), columns)
 
     # Reads in (key, time) order make searchsorted and reduceat walk memory in order
     # (several times faster than random order); results go back to the rows' order.
@@ -289,73 +273,94 @@ def _window_values(
     restore = np.empty_like(order)
     restore[order] = np.arange(len(order))
     base, at_seconds = base[order], at_seconds[order]
+    highs = at_seconds + 1
+    # A rung's run after its last whole parent tile ends at the read's second whatever
+    # the window: reduced once, shared by every window.
+    after_parents: dict[int, dict[str, np.ndarray]] = {}
     values: dict[str, pd.Series] = {}
     for window in plan.window_seconds:
         edge = edge_resolution(window)
-        highs = at_seconds + 1
-        lows = -(-(highs - window) // edge) * edge
-        reduced = _reduce_window(
-            by_rung=by_rung, parents=parents, base=base, lows=lows, highs=highs
-        )
-        totals = {column: array[restore] for column, array in reduced.items()}
+        # Tile starts are never negative; a window reaching before the epoch starts there
+        # (a negative bound would reach into the previous key's positions).
+        lows = np.maximum(-(-(highs - window) // edge) * edge, 0)
+        totals: dict[str, np.ndarray] = {}
+        for resolution, rung in rungs.items():
+            if resolution > window:
+                continue  # none of its tiles fits inside the window
+            parent = parents[resolution]
+            if parent is None:
+                rung.add(totals, rung.reduce(base + lows, base + highs - resolution))
+                continue
+            # The rung's tiles before the first and after the last whole parent tile in
+            # the window (all of the window's tiles of the rung when no parent tile fits).
+            first_whole = -(-lows // parent) * parent
+            last_whole = highs // parent * parent
+            split = first_whole <= last_whole
+            before = base + np.where(split, first_whole, highs) - resolution
+            rung.add(totals, rung.reduce(base + lows, before))
+            after = after_parents.get(resolution)
+            if after is None:
+                after = rung.reduce(base + last_whole, base + highs - resolution)
+                after_parents[resolution] = after
+            rung.add(totals, after, where=split)
+        ordered = {column: array[restore] for column, array in totals.items()}
         for output in plan.outputs:
             if output.window.seconds == window:
-                values[output.name] = _finalize(plan, output.spec, totals, known, rows)
+                values[output.name] = _finalize(plan, output.spec, ordered, known, rows)
     return values
 
 
-def _reduce_window(
-    *,
-    by_rung: Mapping[int, pd.DataFrame],
-    parents: Mapping[int, int | None],
-    base: np.ndarray,
-    lows: np.ndarray,
-    highs: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """Each state column reduced over the window's tiles, per read."""
-    totals: dict[str, np.ndarray] = {}
-    for resolution, part in by_rung.items():
-        positions = part["pos"].to_numpy()
-        prefixes: dict[str, np.ndarray] = {}
-        for first, last in _runs(lows, highs, resolution, parents[resolution]):
-            begin = np.searchsorted(positions, base + first, side="left")
-            end = np.searchsorted(positions, base + last, side="right")
-            empty = end <= begin
+class _Rung:
+    """The merged tiles of one resolution, prepared for the reads of every window."""
+
+    def __init__(self, part: pd.DataFrame, columns: Sequence[StateColumn]) -> None:
+        self.positions = part["pos"].to_numpy()
+        #: Integer sums (counts among them): prefix sums, so that a run is a difference.
+        self.prefixes: dict[str, np.ndarray] = {}
+        #: Float sums, min and max: ufunc, identity and values padded with the identity.
+        self.reduced: dict[str, tuple[Any, Any, np.ndarray]] = {}
+        for column in columns:
+            values = part[column.name].to_numpy()
+            if column.merge == "sum" and column.integer:
+                self.prefixes[column.name] = np.concatenate(([0], np.cumsum(values)))
+            else:
+                ufunc = {"sum": np.add, "min": np.minimum, "max": np.maximum}[column.merge]
+                identity = values.dtype.type(column.identity)
+                self.reduced[column.name] = (ufunc, identity, np.append(values, identity))
+
+    def reduce(self, first: np.ndarray, last: np.ndarray) -> dict[str, np.ndarray]:
+        """Per read, each column reduced over the tiles with positions in ``[first, last]``
+        (the identity where there is none)."""
+        begin = np.searchsorted(self.positions, first, side="left")
+        end = np.maximum(np.searchsorted(self.positions, last, side="right"), begin)
+        out = {name: prefix[end] - prefix[begin] for name, prefix in self.prefixes.items()}
+        if self.reduced:
+            empty = end == begin
             # reduceat over interleaved (begin, end) pairs: row k of the result reduces
-            # part[begin_k:end_k]; a padding row makes end == len(part) a valid index.
-            # reduceat also reduces each gap [end_k, begin_k+1) (thrown away); reads in
-            # order keep the gaps short, and an empty read's pair (begin, begin) keeps its
-            # gap short too: (0, 0) there made the next gap start at 0, so that empty
-            # reads cost the length of the table each (18 s for a 1M-row population).
+            # [begin_k, end_k); the padding makes end == len(tiles) a valid index.
+            # reduceat also reduces each gap [end_k, begin_k+1), thrown away: reads in
+            # order keep the gaps short, and an empty read's pair is (begin, begin), not
+            # (0, 0), which made the next gap start at 0 and each empty read cost the
+            # length of the table (18 s instead of 4 for a 1M-row population).
             indices = np.empty(2 * len(begin), np.int64)
             indices[0::2] = begin
-            indices[1::2] = np.where(empty, begin, end)
-            for column in part.columns:
-                if column in ("res", "pos"):
-                    continue
-                kind = column.split(":", 1)[0]
-                values = part[column].to_numpy()
-                ufunc: Any
-                if kind in ("count", "bool") or column.endswith("|present"):
-                    # Counts: differences of prefix sums (exact for integers, and O(1)).
-                    prefix = prefixes.get(column)
-                    if prefix is None:
-                        prefix = prefixes[column] = np.concatenate(([0], np.cumsum(values)))
-                    counted = np.where(empty, 0, prefix[end] - prefix[np.minimum(begin, end)])
-                    current = totals.get(column)
-                    totals[column] = counted if current is None else current + counted
-                    continue
-                if kind in ("min", "max") and "|" not in column:
-                    ufunc = np.minimum if kind == "min" else np.maximum
-                else:
-                    kind, ufunc = "sum", np.add
-                identity = values.dtype.type(_identity(kind, values.dtype))
-                padded = np.append(values, identity)
-                reduced = ufunc.reduceat(padded, indices)[0::2]
-                reduced = np.where(empty, identity, reduced)
-                current = totals.get(column)
-                totals[column] = reduced if current is None else ufunc(current, reduced)
-    return totals
+            indices[1::2] = end
+            for name, (ufunc, identity, padded) in self.reduced.items():
+                out[name] = np.where(empty, identity, ufunc.reduceat(padded, indices)[0::2])
+        return out
+
+    def add(
+        self,
+        totals: dict[str, np.ndarray],
+        reduced: Mapping[str, np.ndarray],
+        where: np.ndarray | None = None,
+    ) -> None:
+        """Merge ``reduced`` (of :meth:`reduce`) into ``totals``, only at ``where``."""
+        for name, found in reduced.items():
+            ufunc, identity = (np.add, 0) if name in self.prefixes else self.reduced[name][:2]
+            merged = found if where is None else np.where(where, found, identity)
+            current = totals.get(name)
+            totals[name] = merged if current is None else ufunc(current, merged)
 
 
 def _column(values: np.ndarray, valid: np.ndarray) -> pd.Series:
@@ -364,8 +369,9 @@ def _column(values: np.ndarray, valid: np.ndarray) -> pd.Series:
         return pd.Series(values)
     if values.dtype.kind == "f":
         return pd.Series(np.where(valid, values, np.nan))
-    nullable = [v if ok else None for v, ok in zip(values.tolist(), valid.tolist(), strict=True)]
-    return pd.Series(nullable, dtype="object")
+    if values.dtype.kind == "b":
+        return pd.Series(pd.arrays.BooleanArray(values, ~valid))
+    return pd.Series(pd.arrays.IntegerArray(values.astype(np.int64), ~valid))
 
 
 def _finalize(

@@ -77,6 +77,7 @@ __all__ = [
     "prepare_online_tiles",
     "read_aggregates",
     "tile_partials",
+    "window_result_type",
     "write_partials",
 ]
 
@@ -659,7 +660,8 @@ def read_aggregates(
     return reader.frame(keys, at_micros, rows)
 
 
-def _result_type(function: str, column_type: DataType) -> DataType:
+def window_result_type(function: str, column_type: DataType) -> DataType:
+    """The Spark type of a window value of ``function`` over a column of ``column_type``."""
     if function == "count":
         return LongType()
     if function == "sum":
@@ -705,7 +707,9 @@ def point_in_time_aggregates(
         [
             *pop_fields,
             *[
-                StructField(o.name, _result_type(o.spec.function, column_types[o.spec.column]))
+                StructField(
+                    o.name, window_result_type(o.spec.function, column_types[o.spec.column])
+                )
                 for o in outputs
             ],
         ]
@@ -732,7 +736,7 @@ def point_in_time_aggregates(
             found = columnar_window_values(plan, bucket_tiles, keys, [pop[k] for k in keys], at)
             out = pop.drop(columns=[pit, bucket]).reset_index(drop=True)
             for name in names:
-                out[name] = found[name].to_numpy()
+                out[name] = found[name].array
             return out
         reader = _WindowReader(plan)
         by_key: dict[tuple[Any, ...], dict[tuple[int, int], dict[str, Any]]] = {}

@@ -21,6 +21,7 @@ on both engines (:data:`TIE_RULE`), so the two engines return identical frames.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,9 +34,18 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.schema import PrimitiveType
 from pyspark.sql.pandas.conversion import _convert_arrow_table_to_pandas
-from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_type
 
+from fs_dagster.aggregation.columnar import (
+    StateColumn,
+    columnar_supported,
+    merged_window_values,
+    state_columns,
+)
+from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
+from fs_dagster.engine.aggregates import aggregation_plan, window_result_type
+from fs_dagster.engine.encoding import spark_type
 from fs_dagster.engine.spark_session import S3Settings
 from fs_dagster.planning.plan import EVENT_DATE_COLUMN, INTERNAL_PREFIX
 
@@ -46,6 +56,7 @@ __all__ = [
     "DuckDBUnsupportedTableError",
     "OfflineEngine",
     "delta_location",
+    "duckdb_point_in_time_aggregates",
     "duckdb_point_in_time_join",
     "s3_settings_from_environment",
 ]
@@ -61,6 +72,8 @@ TIE_RULE = (
 
 _TIME = INTERNAL_PREFIX + "time"
 _ROW = INTERNAL_PREFIX + "row"
+_RESOLUTION = INTERNAL_PREFIX + "resolution"
+_TILE_START = INTERNAL_PREFIX + "tile_start"
 
 # Reader features of a Delta table whose files cannot be read as plain Parquet files:
 # deletion vectors hide rows inside a file, column mapping renames the physical columns.
@@ -204,19 +217,7 @@ def duckdb_point_in_time_join(
         raise ValueError(
             f"population for '{feature_set.name}' lacks columns {missing}; it has {columns}"
         )
-    table = DeltaTable(location.uri, storage_options=dict(location.storage_options))
-    unsupported = sorted(
-        set(table.protocol().reader_features or ()) & set(_UNSUPPORTED_READER_FEATURES)
-    )
-    # Reader version 2 has column mapping without listing reader features.
-    if table.metadata().configuration.get("delta.columnMapping.mode", "none") != "none":
-        unsupported = sorted({*unsupported, "columnMapping"})
-    if unsupported:
-        raise DuckDBUnsupportedTableError(
-            f"the features table of '{feature_set.name}' ({location.uri}) uses the Delta "
-            f"reader features {unsupported}, which the DuckDB offline engine does not read; "
-            "use offline_engine='spark'"
-        )
+    table = _open_table(location, f"the features table of '{feature_set.name}'")
     fields = {f.name: f.type for f in table.schema().fields}
     feature_names = [c for c in fields if c not in {*keys, ts, EVENT_DATE_COLUMN}]
     clashes = [c for c in feature_names if c in columns]
@@ -261,16 +262,204 @@ def duckdb_point_in_time_join(
     return pd.concat([result, features], axis=1)
 
 
+def duckdb_point_in_time_aggregates(
+    feature_set: FeatureSet,
+    tiles: DeltaLocation,
+    features: DeltaLocation,
+    population: pd.DataFrame,
+    point_in_time_column: str,
+    *,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """Every window value of an aggregated set as of each population row, in-process.
+
+    The answer of :func:`~fs_dagster.engine.aggregates.point_in_time_aggregates` (the
+    Spark path) without a JVM: DuckDB merges the offline tile partials of each tile,
+    taking the states' numbers out of their JSON, and numpy evaluates every window at
+    every population row (:func:`~fs_dagster.aggregation.columnar.merged_window_values`,
+    the column-wise merge the Spark path runs per hash bucket). For sums, counts, min,
+    max and the boolean aggregates (:func:`~fs_dagster.aggregation.columnar.
+    columnar_supported`); the aggregated columns' types come from the features table.
+
+    Args:
+        feature_set: the aggregated feature set.
+        tiles: its offline tile table (:func:`delta_location`).
+        features: its offline features table; only its schema is read.
+        population: rows with the key columns and ``point_in_time_column``.
+        point_in_time_column: the population's time column: datetimes (naive values are
+            UTC).
+        threads: DuckDB threads; DuckDB's default (all cores) when ``None``.
+
+    Returns:
+        The population's columns as given, then the features in definition order (with
+        the pandas types Spark's ``toPandas`` gives them): one row per population row, in
+        population order, with a fresh ``RangeIndex``.
+
+    Raises:
+        ValueError: the population lacks a key or the point-in-time column, or has a
+            column named like a feature.
+        DuckDBUnsupportedTableError: an aggregate this engine does not merge, a time
+            column that does not hold datetimes, tiles before 1970, or a Delta reader
+            feature it does not read (Spark reads all of them).
+
+    Example:
+        >>> duckdb_point_in_time_aggregates(
+        ...     user_spend,
+        ...     delta_location("/data/offline/user_spend/tiles"),
+        ...     delta_location("/data/offline/user_spend/features"),
+        ...     population, "timestamp",
+        ... )  # doctest: +SKIP
+    """
+    name = feature_set.name
+    keys = list(feature_set.key)
+    columns = [str(c) for c in population.columns]
+    missing = [c for c in [*keys, point_in_time_column] if c not in columns]
+    if missing:
+        raise ValueError(f"population for '{name}' lacks columns {missing}; it has {columns}")
+    clashes = [c for c in feature_set.feature_names if c in columns]
+    if clashes:
+        raise ValueError(f"population columns {clashes} have the names of features of '{name}'")
+    plan = _offline_plan(feature_set, features)
+    if not columnar_supported(plan):
+        raise DuckDBUnsupportedTableError(
+            f"'{name}' has aggregates the DuckDB offline engine does not merge (it merges "
+            "sum, count, min, max, boolean_or and boolean_and); use offline_engine='spark'"
+        )
+    times = _population_time(population[point_in_time_column])
+    if not pd.api.types.is_datetime64_dtype(times):
+        raise DuckDBUnsupportedTableError(
+            f"point_in_time_column '{point_in_time_column}' holds {times.dtype}, not "
+            "datetimes; use offline_engine='spark' (it casts the column to a timestamp)"
+        )
+    stamps = times.to_numpy("datetime64[us]")
+    known = ~np.isnat(stamps)
+    at_micros = np.where(known, stamps.view(np.int64), 0).astype(np.float64)
+    at_micros[~known] = np.nan
+    table = _open_table(tiles, f"the tile table of '{name}'")
+    connection = duckdb.connect(config={} if threads is None else {"threads": threads})
+    try:
+        connection.execute("SET enable_progress_bar = false")
+        source = _register_source(connection, table, tiles, "tiles")
+        merged = connection.sql(_merged_tiles_sql(plan, source)).to_arrow_table()
+    finally:
+        connection.close()
+    starts = merged.column(_TILE_START).to_numpy()
+    if len(starts) and int(starts.min()) < 0:
+        raise DuckDBUnsupportedTableError(
+            f"the tile table of '{name}' has tiles before 1970, which the DuckDB offline "
+            "engine does not read; use offline_engine='spark'"
+        )
+    found = merged_window_values(
+        plan,
+        {
+            **{k: merged.column(k).to_pandas() for k in keys},
+            _RESOLUTION: merged.column(_RESOLUTION).to_numpy(),
+            _TILE_START: starts,
+            **{c.name: merged.column(c.name).to_numpy() for c in state_columns(plan)},
+        },
+        keys,
+        [population[k] for k in keys],
+        at_micros,
+    )
+    column_types = {c: spark_type(k) for c, k in plan.column_kinds.items()}
+    values = pa.table(
+        {
+            o.name: pa.Array.from_pandas(
+                found[o.name],
+                type=to_arrow_type(
+                    window_result_type(o.spec.function, column_types[o.spec.column]),
+                    timezone="UTC",
+                ),
+            )
+            for o in plan.outputs
+        }
+    )
+    return pd.concat([population.reset_index(drop=True), _spark_pandas(values)], axis=1)
+
+
+def _offline_plan(feature_set: FeatureSet, features: DeltaLocation) -> AggregationPlan:
+    """The aggregation plan of ``feature_set``, its columns typed by the features table
+    (the transformation's output as it was written), so that no JVM starts."""
+    table = DeltaTable(features.uri, storage_options=dict(features.storage_options))
+    schema = from_arrow_schema(pa.schema(table.schema().to_arrow()))
+    return aggregation_plan(feature_set, schema)
+
+
+def _merged_tiles_sql(plan: AggregationPlan, source: str) -> str:
+    """One row per tile of the offline tile table: its partials merged, each state
+    number a column (:func:`~fs_dagster.aggregation.columnar.state_columns`)."""
+    columns = state_columns(plan)
+    paths: dict[str, int] = {}
+    for column in columns:
+        path = f'$."{column.state}"' + {"t": "[0]", "n": "[1]"}.get(column.part, "")
+        paths.setdefault(path, len(paths) + 1)
+    merged = []
+    for column in columns:
+        path = f'$."{column.state}"' + {"t": "[0]", "n": "[1]"}.get(column.part, "")
+        sql_type = "BIGINT" if column.integer else "DOUBLE"
+        value = f"CAST(s[{paths[path]}] AS {sql_type})"
+        if column.part == "present":
+            expression = f"COUNT({value})"
+        elif column.merge == "sum":
+            expression = f"CAST(COALESCE(SUM({value}), 0) AS {sql_type})"
+        else:
+            expression = f"COALESCE({column.merge.upper()}({value}), {_literal(column)})"
+        merged.append(f"{expression} AS {_quoted(column.name)}")
+    keys = [_quoted(k) for k in plan.feature_set.key]
+    position = [*keys, _quoted(_RESOLUTION), _quoted(_TILE_START)]
+    listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+    # One JSON parse per partial for all of its states (json_extract with a list).
+    extracted = f"SELECT {', '.join(position)}, json_extract(state, [{listed}]) AS s FROM {source}"
+    return (
+        f"SELECT {', '.join([*position, *merged])} FROM ({extracted}) "
+        f"GROUP BY {', '.join(position)}"
+    )
+
+
+def _literal(column: StateColumn) -> str:
+    """A state column's identity as a DuckDB literal."""
+    identity = column.identity
+    if column.integer:
+        return str(int(identity))
+    if math.isinf(identity):
+        return "CAST('inf' AS DOUBLE)" if identity > 0 else "CAST('-inf' AS DOUBLE)"
+    return repr(float(identity))
+
+
+def _open_table(location: DeltaLocation, what: str) -> DeltaTable:
+    """The Delta table at ``location`` (``what`` names it in errors).
+
+    Raises:
+        DuckDBUnsupportedTableError: the table uses deletion vectors or column mapping.
+    """
+    table = DeltaTable(location.uri, storage_options=dict(location.storage_options))
+    unsupported = sorted(
+        set(table.protocol().reader_features or ()) & set(_UNSUPPORTED_READER_FEATURES)
+    )
+    # Reader version 2 has column mapping without listing reader features.
+    if table.metadata().configuration.get("delta.columnMapping.mode", "none") != "none":
+        unsupported = sorted({*unsupported, "columnMapping"})
+    if unsupported:
+        raise DuckDBUnsupportedTableError(
+            f"{what} ({location.uri}) uses the Delta reader features {unsupported}, which "
+            "the DuckDB offline engine does not read; use offline_engine='spark'"
+        )
+    return table
+
+
 def _register_source(
-    connection: duckdb.DuckDBPyConnection, table: DeltaTable, location: DeltaLocation
+    connection: duckdb.DuckDBPyConnection,
+    table: DeltaTable,
+    location: DeltaLocation,
+    name: str = "features",
 ) -> str:
     """Make the table's current rows readable as a DuckDB relation; return its SQL."""
     files = table.file_uris()
     if location.object_store or not files:
         # deltalake's Arrow dataset reads object storage itself (no DuckDB extension) and
         # knows the schema of a table with no files yet.
-        connection.register("features", table.to_pyarrow_dataset())
-        return "features"
+        connection.register(name, table.to_pyarrow_dataset())
+        return name
     listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     # union_by_name: files written before a column was added lack it (null there);
     # hive_partitioning off: the event_date partition column stays out.

@@ -103,8 +103,14 @@ def oracle(
 
 
 def _missing(value: Any) -> bool:
-    """Null as a read gives it: None, NaN (floats) or pd.NA (nullable integers, booleans)."""
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+    """Null as a read gives it: None, NaN (floats), pd.NA (nullable integers, booleans) or
+    NaT (timestamps)."""
+    return (
+        value is None
+        or value is pd.NA
+        or value is pd.NaT
+        or (isinstance(value, float) and math.isnan(value))
+    )
 
 
 def assert_matches(

@@ -13,7 +13,12 @@ import pytest
 
 import fs_dagster as fs
 from fs_dagster import Aggregation
-from fs_dagster.aggregation.columnar import columnar_supported, columnar_window_values
+from fs_dagster.aggregation.columnar import (
+    columnar_supported,
+    columnar_window_values,
+    merged_window_values,
+    state_columns,
+)
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.aggregation.states import merge_states, partial_from_values
 from fs_dagster.aggregation.tiles import TileIndex
@@ -126,7 +131,12 @@ def _row_by_row(
 
 def _same(got: Any, want: Any) -> bool:
     if want is None or (isinstance(want, float) and math.isnan(want)):
-        return got is None or got is pd.NaT or (isinstance(got, float) and math.isnan(got))
+        return (
+            got is None
+            or got is pd.NA
+            or got is pd.NaT
+            or (isinstance(got, float) and math.isnan(got))
+        )
     if isinstance(want, float):
         return math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-6)
     if isinstance(want, pd.Timestamp):
@@ -166,3 +176,54 @@ def test_states_it_does_not_cover_take_the_row_path() -> None:
     assert not columnar_supported(_plan(Aggregation.last_n("amount", 3), windows=("1h",)))
     assert not columnar_supported(_plan(Aggregation.percentile("amount", 95), windows=("1h",)))
     assert columnar_supported(_plan(Aggregation.count("flag"), windows=("1h",)))
+
+
+def _merged_by_hand(tiles: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each tile's partials merged here, into the columns ``state_columns`` names."""
+    cells: dict[tuple[Any, int, int], list[dict[str, Any]]] = {}
+    for key, resolution, start, state in tiles.itertuples(index=False):
+        cells.setdefault((key, int(resolution), int(start)), []).append(json.loads(state))
+    out: dict[str, list[Any]] = {}
+    for (key, resolution, start), states in cells.items():
+        row: dict[str, Any] = {"user_id": key, "__fs_resolution": resolution}
+        row["__fs_tile_start"] = start
+        for spec in NUMERIC.states:
+            values = [s[spec.key] for s in states if spec.key in s]
+            name = spec.key
+            if spec.kind == "bool":
+                row[f"{name}|t"] = sum(v[0] for v in values)
+                row[f"{name}|n"] = sum(v[1] for v in values)
+            elif spec.kind in ("min", "max"):
+                row[f"{name}|present"] = len(values)
+                lowest = spec.kind == "min"
+                if values:
+                    row[name] = min(values) if lowest else max(values)
+                elif NUMERIC.column_kinds[spec.column] == "double":
+                    row[name] = math.inf if lowest else -math.inf
+                else:  # int64 bounds: a tile without values changes no min or max
+                    row[name] = 2**63 - 1 if lowest else -(2**63)
+            else:
+                row[name] = sum(values)
+        for column, value in row.items():
+            out.setdefault(column, []).append(value)
+    return {column: np.array(values) for column, values in out.items()}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_windows_over_tiles_merged_elsewhere_equal_row_by_row(seed: int) -> None:
+    rng = random.Random(100 + seed)
+    keys = [f"k{i}" for i in range(rng.randrange(1, 6))]
+    tiles = _partials(NUMERIC, _events(rng, keys), rng)
+    merged = _merged_by_hand(tiles)
+    assert set(merged) >= {c.name for c in state_columns(NUMERIC)} | {"user_id"}
+    population_keys = [rng.choice([*keys, "unknown", None]) for _ in range(200)]
+    at = [float((T - rng.randrange(0, 3 * 86_400)) * 10**6 + rng.randrange(10**6))]
+    at += [math.nan if rng.random() < 0.05 else at[0] - rng.randrange(10**11) for _ in range(199)]
+    got = merged_window_values(
+        NUMERIC, merged, ["user_id"], [pd.Series(population_keys)], np.array(at)
+    )
+    want = _row_by_row(NUMERIC, tiles, population_keys, at)
+    for row, expected in enumerate(want):
+        for name, value in expected.items():
+            actual = got[name].iloc[row]
+            assert _same(actual, value), f"row {row}: {name} {actual!r} != {value!r}"
