@@ -972,6 +972,24 @@ def offline_point_in_time(
     def fs_run(pop: DataFrame) -> DataFrame:
         return client.get_offline_features(pop, feature_set, "timestamp", output="spark")
 
+    # The same read to pandas from a pandas population: fs-dagster's in-process engine
+    # (DuckDB merges the tiles, numpy the windows). The population is converted first.
+    local_population = population.toPandas()
+    load_before = os.getloadavg()[0]
+    began = time.perf_counter()
+    local = client.get_offline_features(local_population, feature_set, "timestamp")
+    seconds = time.perf_counter() - began
+    assert len(local) == len(local_population)
+    result["fs-dagster-pandas"] = {
+        "seconds": seconds,
+        "rows_per_second": cfg.population / seconds,
+        "engine": client.offline_engine,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
+    log.info("  fs-dagster to pandas (%s engine): %s s", client.offline_engine, fmt(seconds))
+    del local, local_population
+
     def naive_run(pop: DataFrame) -> DataFrame:
         return naive_point_in_time(pop, raw_rows, outputs)
 
@@ -1000,8 +1018,15 @@ def offline_point_in_time(
     for row_id, fs_row in _by(fs_sample, "row_id").items():
         at = int(pd.Timestamp(fs_row["timestamp"]).value // 1000)
         comparison.add(oracle, fs_row["user_id"], at, fs_row, base_rows[row_id])
+    # The pandas read of the same sample, checked the same way.
+    local_sample = client.get_offline_features(sample.toPandas(), feature_set, "timestamp")
+    local_comparison = Comparison()
+    for row_id, fs_row in _by(local_sample, "row_id").items():
+        at = int(pd.Timestamp(fs_row["timestamp"]).value // 1000)
+        local_comparison.add(oracle, fs_row["user_id"], at, fs_row, base_rows[row_id])
     again.unpersist()
     result["check"] = {"sample_every": step, **comparison.summary()}
+    result["check_pandas"] = {"sample_every": step, **local_comparison.summary()}
     result["breakdown"] = merge_breakdown(spark, client, feature_set, fs_sample, cfg)
     return result
 
@@ -1356,6 +1381,16 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
                 fmt(ratio(base_s, fs_s)),
             ]
         )
+        local = offline.get("fs-dagster-pandas")
+        if local:
+            rows.append(
+                [
+                    "  to pandas, pandas population s",
+                    fmt(local["seconds"]),
+                    fmt(base_s),
+                    fmt(ratio(base_s, local["seconds"])),
+                ]
+            )
     return rows
 
 
@@ -1423,6 +1458,8 @@ def format_results(results: dict[str, Any]) -> str:
     offline = results.get("offline")
     if offline:
         out.append(_check_line("offline check", offline["check"]))
+        if "check_pandas" in offline:
+            out.append(_check_line("offline check, to pandas", offline["check_pandas"]))
         part = offline["breakdown"]
         out.append(
             f"fs-dagster row-by-row merge (for states not merged column-wise): "
