@@ -80,7 +80,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bench.compare")
 
 HOST = "127.0.0.1"
-SCENARIOS = ("pit", "online", "agg", "fresh")
+SCENARIOS = ("pit", "online", "agg", "aggpit", "fresh")
 #: Feature rows' event times are in [START, END): 30 whole days, as backfill ranges are.
 START = datetime(2026, 1, 30, tzinfo=UTC)
 END = START + timedelta(days=30)
@@ -871,6 +871,184 @@ def check_tumbling(
     } | {"examples": examples}
 
 
+def scenario_aggpit(ctx: Context) -> dict[str, Any]:
+    """Aggregated point in time to pandas: fs-dagster's read of its offline tiles against
+    a hand-written DuckDB query over the raw feature rows, every value compared."""
+    cfg, scale = ctx.cfg, ctx.cfg.sizes
+    acfg = agg.BenchConfig(
+        events=scale.agg_events,
+        keys=scale.agg_keys,
+        hot_keys=0,
+        hot_share=0.0,
+        max_offsets_per_trigger=max(scale.agg_events // 8, 1),
+        bootstrap=cfg.bootstrap,
+        cassandra_port=cfg.cassandra_port,
+        seed=cfg.seed,
+    )
+    topic = f"fs-bench-{ctx.run_id}-aggpit"
+    workdir = ctx.workdir / "aggpit"
+    events = agg.generate_events(acfg.events, acfg.keys, acfg.span_micros, acfg.seed)
+    feature_set = agg.aggregated_feature_set(
+        f"cmpaggpit-{ctx.run_id}", topic, acfg, max_offsets_per_trigger=acfg.max_offsets_per_trigger
+    )
+    try:
+        create_topic(cfg.bootstrap, topic, acfg.partitions)
+        log.info("aggpit: preloading %d events, offline ingestion (setup)", acfg.events)
+        agg.preload(cfg.bootstrap, topic, events)
+        offline_seconds = agg.offline_rows(ctx.spark, feature_set, workdir, acfg.run_timeout)
+    finally:
+        delete_topics(cfg.bootstrap, [topic])
+    client = fs.FeatureStore(
+        online_store=fs.SqliteOnlineStore(workdir / "online.db"),
+        offline_root=str(workdir / "offline"),
+        checkpoint_root=str(workdir / "checkpoints"),
+        feature_sets=[feature_set],
+        spark=ctx.spark,
+        offline_engine=cfg.offline_engine,
+    )
+    rng = np.random.default_rng(cfg.seed + 11)
+    first = int(events.micros.min())
+    span = int(events.micros.max()) + 3600 * MICROS - first
+    population = pd.DataFrame(
+        {
+            "row_id": np.arange(scale.population, dtype=np.int64),
+            # Keys beyond the events' (about 1 in 10) have no tiles.
+            "user_id": np.char.add(
+                "u", rng.integers(0, acfg.keys + acfg.keys // 10, scale.population).astype(str)
+            ),
+            "timestamp": pd.to_datetime(first + rng.integers(0, span, scale.population), unit="us"),
+        }
+    )
+    outputs = agg.outputs_of(feature_set)
+    log.info("aggpit: fs-dagster, %d population rows to pandas", scale.population)
+    ctx.memory.reset()
+    load_before = os.getloadavg()[0]
+    began = time.perf_counter()
+    got = client.get_offline_features(population, feature_set, "timestamp")
+    fs_seconds = time.perf_counter() - began
+    ctx.memory.sample()
+    peak = ctx.memory.peak_bytes
+    log.info("aggpit: DuckDB SQL over the raw feature rows")
+    features_path = storage_plan(feature_set, workdir).features_path
+    peer_load = os.getloadavg()[0]
+    began = time.perf_counter()
+    want = duckdb_window_sql(features_path, population, outputs)
+    peer_seconds = time.perf_counter() - began
+    return {
+        "population_rows": scale.population,
+        "events": acfg.events,
+        "keys": acfg.keys,
+        "offline_ingestion_seconds": offline_seconds,
+        "fs-dagster": {
+            "seconds": fs_seconds,
+            "engine": cfg.offline_engine,
+            "peak_memory_bytes": peak,
+            "load_average_before": load_before,
+        },
+        "duckdb-sql": {"seconds": peer_seconds, "load_average_before": peer_load},
+        "check": compare_windows(got, want, outputs),
+    }
+
+
+def edge_seconds(window: int) -> int:
+    """README, "Windows": the finest of 1 s, 1 min, 1 h and 1 day that divides the window
+    into at most 1,440 tiles (written here again, not imported)."""
+    for edge in (1, 60, 3600, 86400):
+        if window % edge == 0 and window // edge <= 1440:
+            return edge
+    return 86400
+
+
+def duckdb_window_sql(
+    features_path: str, population: pd.DataFrame, outputs: Sequence[agg.Output]
+) -> pd.DataFrame:
+    """The peer: each population row's window values from the raw feature rows, by a
+    DuckDB range join per key with the README's bounds: a window of ``W`` s read at ``t``
+    holds the events in ``[S, E)``, ``E`` the end of ``t``'s second, ``S = E - W``
+    rounded up to the window's edge."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    files = DeltaTable(features_path).file_uris()
+    listed = ", ".join(f"'{f}'" for f in files)
+    windows = sorted({o.seconds for o in outputs})
+    starts = ", ".join(
+        f"(e - {w} + {edge_seconds(w) - 1}) // {edge_seconds(w)} * {edge_seconds(w)} AS s{w}"
+        for w in windows
+    )
+    aggregates = {
+        "sum": "COALESCE(SUM(r.amount) FILTER ({}), 0)",
+        "count": "COUNT(r.amount) FILTER ({})",
+        "max": "MAX(r.amount) FILTER ({})",
+    }
+    values = ", ".join(
+        aggregates[o.function].format(f"r.us >= b.s{o.seconds} * 1000000") + f' AS "{o.name}"'
+        for o in outputs
+    )
+    sql = f"""
+        WITH raw AS (
+            SELECT user_id, epoch_us(ts) AS us, amount
+            FROM read_parquet([{listed}], hive_partitioning = false)
+        ),
+        bounds AS (
+            SELECT row_id, user_id, e, {starts}
+            FROM (SELECT row_id, user_id, epoch_us(timestamp) // 1000000 + 1 AS e FROM population)
+        )
+        SELECT b.row_id, {values}
+        FROM bounds AS b LEFT JOIN raw AS r
+          ON r.user_id = b.user_id AND r.us >= b.s{max(windows)} * 1000000 AND r.us < b.e * 1000000
+        GROUP BY b.row_id
+        ORDER BY b.row_id
+    """
+    connection = duckdb.connect()
+    try:
+        connection.execute("SET enable_progress_bar = false")
+        connection.register("population", population[["row_id", "user_id", "timestamp"]])
+        frame: pd.DataFrame = connection.sql(sql).df()
+        return frame
+    finally:
+        connection.close()
+
+
+def compare_windows(
+    got: pd.DataFrame, want: pd.DataFrame, outputs: Sequence[agg.Output]
+) -> dict[str, Any]:
+    """Every window value of fs-dagster's rows against the peer's, by ``row_id``: sums
+    within 1e-9 relative, counts and maxima exactly, nulls as nulls."""
+    merged = want.merge(got, on="row_id", how="left", suffixes=("", "_got"), indicator=True)
+    present = merged["_merge"] == "both"
+    compared = equal = 0
+    examples: list[dict[str, Any]] = []
+    for output in outputs:
+        a = pd.to_numeric(merged[output.name], errors="coerce").to_numpy(dtype="float64")
+        b = pd.to_numeric(merged[f"{output.name}_got"], errors="coerce").to_numpy(dtype="float64")
+        both_null = np.isnan(a) & np.isnan(b)
+        if output.function == "sum":
+            same = both_null | np.isclose(a, b, rtol=REL_TOL, atol=1e-9)
+        else:
+            same = both_null | (a == b)
+        same &= present.to_numpy()
+        compared += len(a)
+        equal += int(same.sum())
+        for index in np.flatnonzero(~same)[: 5 - len(examples)]:
+            examples.append(
+                {
+                    "row_id": int(merged["row_id"].iloc[index]),
+                    "feature": output.name,
+                    "expected": a[index],
+                    "got": b[index],
+                }
+            )
+    return {
+        "population_rows": len(want),
+        "rows": len(got),
+        "missing_rows": int((~present).sum()),
+        "values_compared": compared,
+        "values_equal": equal,
+        "examples": examples,
+    }
+
+
 def scenario_fresh(ctx: Context) -> dict[str, Any]:
     """Row-level ingestion events/s, and freshness at 500 ev/s of a row-level and an
     aggregated set, fs-dagster alone (``bench.online_ingestion``'s runs, trigger 0 s)."""
@@ -959,7 +1137,7 @@ def run(cfg: Config) -> dict[str, Any]:
     """Set up the peers, run the scenarios asked for and return the result document."""
     from fs_dagster.engine.spark_session import SparkSettings, create_spark_session
 
-    if {"agg", "fresh"} & set(cfg.only):
+    if {"agg", "aggpit", "fresh"} & set(cfg.only):
         check_services(cfg.bootstrap, HOST, cfg.cassandra_port)
     envs = {"feast"} if {"pit", "online"} & set(cfg.only) else set()
     if "agg" in cfg.only:
@@ -1001,6 +1179,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "pit": scenario_pit,
         "online": scenario_online,
         "agg": scenario_agg,
+        "aggpit": scenario_aggpit,
         "fresh": scenario_fresh,
     }
     try:
@@ -1029,7 +1208,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- table
 
-PEERS = ("feast-duckdb", "feast-file", "duckdb-asof", "feast-sqlite", "quix")
+PEERS = ("feast-duckdb", "feast-file", "duckdb-asof", "feast-sqlite", "quix", "duckdb-sql")
 HEADERS = ["scenario", "unit", "better", "fs-dagster", *PEERS, "ratio", "fs peak GiB", "load"]
 
 
@@ -1134,6 +1313,20 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                         load=reads["load_average_before"],
                     )
                 )
+    aggpit = scenarios.get("aggpit", {})
+    if "fs-dagster" in aggpit:
+        fs_side = aggpit["fs-dagster"]
+        rows.append(
+            _row(
+                f"pit agg 3x5, {aggpit['population_rows']:,} x {aggpit['events']:,} ev -> pandas",
+                "s",
+                True,
+                fs_side["seconds"],
+                {"duckdb-sql": aggpit["duckdb-sql"]["seconds"]},
+                peak=fs_side["peak_memory_bytes"],
+                load=fs_side["load_average_before"],
+            )
+        )
     fresh = scenarios.get("fresh", {})
     if "throughput" in fresh:
         tp, fr = fresh["throughput"], fresh["freshness"]
@@ -1226,6 +1419,14 @@ def check_lines(results: dict[str, Any]) -> list[str]:
                 f"agg {side}: {c['values_equal']:,} of {c['values_compared']:,} tumbling-window "
                 "values equal to the raw-event oracle"
             )
+    aggpit = scenarios.get("aggpit", {})
+    if "check" in aggpit:
+        c = aggpit["check"]
+        lines.append(
+            f"pit agg: {c['rows']:,} rows of {c['population_rows']:,} ({c['missing_rows']:,} "
+            f"missing); {c['values_equal']:,} of {c['values_compared']:,} window values equal "
+            "to the DuckDB SQL peer's (raw rows, the README's window bounds)"
+        )
     fresh = scenarios.get("fresh", {})
     if "freshness" in fresh:
         fr = fresh["freshness"]
@@ -1275,6 +1476,13 @@ def all_checks_pass(results: dict[str, Any]) -> bool:
             ok = ok and verdict(side, values["check"]) != "DIFFERS"
     for c in scenarios.get("online", {}).get("check", {}).values():
         ok = ok and c["values_equal"] == c["values_compared"]
+    aggpit = scenarios.get("aggpit", {}).get("check")
+    if aggpit is not None:
+        ok = (
+            ok
+            and aggpit["values_equal"] == aggpit["values_compared"]
+            and not aggpit["missing_rows"]
+        )
     checks = scenarios.get("agg", {}).get("check", {})
     for side in ("fs-dagster", "quix"):
         if side in checks:
