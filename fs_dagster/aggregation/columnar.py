@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Literal
 
 import numpy as np
@@ -193,7 +194,7 @@ def columnar_window_values(
         tiles["__fs_tile_start"].to_numpy(),
         list(tiles["state"]),
     )
-    return _window_values(plan, table, row_ids, at_micros)
+    return _window_values(plan, {c: table[c].to_numpy() for c in table.columns}, row_ids, at_micros)
 
 
 def merged_window_values(
@@ -219,13 +220,11 @@ def merged_window_values(
     resolutions = np.asarray(tiles["__fs_resolution"], np.int64)
     positions = _positions(tile_ids, np.asarray(tiles["__fs_tile_start"], np.int64))
     order = np.lexsort((positions, resolutions))
-    table = pd.DataFrame(
-        {
-            "res": resolutions[order],
-            "pos": positions[order],
-            **{c.name: np.asarray(tiles[c.name], c.dtype)[order] for c in state_columns(plan)},
-        }
-    )
+    table = {
+        "res": resolutions[order],
+        "pos": positions[order],
+        **{c.name: np.asarray(tiles[c.name], c.dtype)[order] for c in state_columns(plan)},
+    }
     return _window_values(plan, table, row_ids, at_micros)
 
 
@@ -249,10 +248,13 @@ def _key_ids(
 
 
 def _window_values(
-    plan: AggregationPlan, table: pd.DataFrame, row_ids: np.ndarray, at_micros: np.ndarray
+    plan: AggregationPlan,
+    table: Mapping[str, np.ndarray],
+    row_ids: np.ndarray,
+    at_micros: np.ndarray,
 ) -> dict[str, pd.Series]:
-    """The features for each (key id, read time) from the merged tiles of
-    :func:`_tile_arrays`."""
+    """The features for each (key id, read time) from merged tiles: one row per tile,
+    sorted by (``res``, ``pos``), with the :func:`state_columns` of ``plan``."""
     rows = len(at_micros)
     known = ~np.isnan(at_micros)
     at_seconds = np.where(known, at_micros, 0).astype(np.int64) // 1_000_000
@@ -263,13 +265,17 @@ def _window_values(
     base = np.where(row_ids < 0, np.int64(-1) << 62, base)
     columns = state_columns(plan)
     rungs: dict[int, _Rung] = {}
-    if not table.empty:
-        for resolution, part in table.groupby("res", sort=True):
-            rungs[int(str(resolution))] = _Rung(part.reset_index(drop=True), columns)
+    resolutions = table["res"]
+    cuts = [0, *(np.flatnonzero(np.diff(resolutions)) + 1).tolist(), len(resolutions)]
+    for first, end in pairwise(cuts):
+        if end > first:
+            part = {name: values[first:end] for name, values in table.items()}
+            rungs[int(resolutions[first])] = _Rung(part, columns)
 
     # Reads in (key, time) order make searchsorted and reduceat walk memory in order
     # (several times faster than random order); results go back to the rows' order.
-    order = np.lexsort((at_seconds, base))
+    # One int64 per read: key id and second never overlap (seconds fit in 34 bits).
+    order = np.argsort(base + at_seconds, kind="stable")
     restore = np.empty_like(order)
     restore[order] = np.arange(len(order))
     base, at_seconds = base[order], at_seconds[order]
@@ -313,14 +319,14 @@ def _window_values(
 class _Rung:
     """The merged tiles of one resolution, prepared for the reads of every window."""
 
-    def __init__(self, part: pd.DataFrame, columns: Sequence[StateColumn]) -> None:
-        self.positions = part["pos"].to_numpy()
+    def __init__(self, part: Mapping[str, np.ndarray], columns: Sequence[StateColumn]) -> None:
+        self.positions = part["pos"]
         #: Integer sums (counts among them): prefix sums, so that a run is a difference.
         self.prefixes: dict[str, np.ndarray] = {}
         #: Float sums, min and max: ufunc, identity and values padded with the identity.
         self.reduced: dict[str, tuple[Any, Any, np.ndarray]] = {}
         for column in columns:
-            values = part[column.name].to_numpy()
+            values = part[column.name]
             if column.merge == "sum" and column.integer:
                 self.prefixes[column.name] = np.concatenate(([0], np.cumsum(values)))
             else:
