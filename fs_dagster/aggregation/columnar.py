@@ -14,7 +14,6 @@ Values equal the row-by-row merge's, except that float sums may add in another o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -31,7 +30,6 @@ from fs_dagster.definitions.aggregations import AggregateSpec
 __all__ = [
     "StateColumn",
     "columnar_supported",
-    "columnar_window_values",
     "merged_window_values",
     "state_columns",
 ]
@@ -40,8 +38,10 @@ _KINDS = frozenset({"sum", "count", "min", "max", "bool"})
 _INTEGER = frozenset({"long", "int"})
 _ORDERED = frozenset({"long", "int", "double", "float", "timestamp"})
 _SUMMED = frozenset({"long", "int", "double", "float", "decimal"})
-# Tile starts are seconds since the epoch; key ids go in the bits above them.
+# Tile starts are seconds since the epoch, offset to be positive; key ids go in the bits
+# above them. Starts and read times must lie in [-2^33, 2^33) s: the years 1698 to 2242.
 _START_BITS = 34
+_START_OFFSET = 1 << (_START_BITS - 1)
 
 
 def columnar_supported(plan: AggregationPlan) -> bool:
@@ -116,47 +116,20 @@ def state_columns(plan: AggregationPlan) -> list[StateColumn]:
     return columns
 
 
-def _tile_arrays(
-    plan: AggregationPlan,
-    key_ids: np.ndarray,
-    resolutions: np.ndarray,
-    starts: np.ndarray,
-    states: Sequence[str],
-) -> pd.DataFrame:
-    """One row per distinct tile, sorted by (resolution, key id, start), partials merged.
-
-    Columns: ``res``, ``pos`` (key id and start in one int64) and the
-    :func:`state_columns` of ``plan``.
-    """
-    columns: dict[str, Any] = {
-        "res": resolutions.astype(np.int64),
-        "pos": _positions(key_ids, starts),
-    }
-    parsed = [json.loads(s) for s in states]
-    merge: dict[str, str] = {}
-    for column in state_columns(plan):
-        values = [p.get(column.state) for p in parsed]
-        if column.part == "t":
-            taken = [v[0] if v else 0 for v in values]
-        elif column.part == "n":
-            taken = [v[1] if v else 0 for v in values]
-        elif column.part == "present":
-            taken = [v is not None for v in values]
-        else:
-            taken = [column.identity if v is None else v for v in values]
-        columns[column.name] = np.array(taken, column.dtype)
-        merge[column.name] = column.merge
-    frame = pd.DataFrame(columns)
-    if frame.empty:
-        return frame
-    # Several batches may have written partials of one tile: merge them.
-    merged = frame.groupby(["res", "pos"], sort=True).agg(merge).reset_index()
-    return merged
-
-
 def _positions(key_ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Key id and tile start in one int64, ordered by key id, then start."""
-    return (key_ids.astype(np.int64) << _START_BITS) + starts.astype(np.int64)
+    seconds: np.ndarray = starts.astype(np.int64)
+    _check_seconds(seconds, "tile starts")
+    positions: np.ndarray = (key_ids.astype(np.int64) << _START_BITS) + seconds + _START_OFFSET
+    return positions
+
+
+def _check_seconds(seconds: np.ndarray, what: str) -> None:
+    if len(seconds) and (seconds.min() < -_START_OFFSET or seconds.max() >= _START_OFFSET):
+        raise ValueError(
+            f"{what} must fall between the years 1698 and 2242 for column-wise window "
+            f"values; got {int(seconds.min())} .. {int(seconds.max())} s since the epoch"
+        )
 
 
 def _identity(kind: str, dtype: Any) -> float:
@@ -169,34 +142,6 @@ def _identity(kind: str, dtype: Any) -> float:
     return 0
 
 
-def columnar_window_values(
-    plan: AggregationPlan,
-    tiles: pd.DataFrame,
-    tile_keys: Sequence[str],
-    population_keys: Sequence[np.ndarray | pd.Series],
-    at_micros: np.ndarray,
-) -> dict[str, pd.Series]:
-    """Every feature of ``plan`` for each (key, read time) of a population.
-
-    Args:
-        plan: an aggregation plan for which :func:`columnar_supported` holds.
-        tiles: tile partials: the key columns ``tile_keys``, ``__fs_resolution``,
-            ``__fs_tile_start`` and ``state`` (JSON).
-        tile_keys: the key columns of ``tiles``.
-        population_keys: the population's key columns, in ``tile_keys`` order.
-        at_micros: read times in microseconds (float, NaN for none: every value null).
-    """
-    tile_ids, row_ids = _key_ids([tiles[k] for k in tile_keys], population_keys)
-    table = _tile_arrays(
-        plan,
-        tile_ids,
-        tiles["__fs_resolution"].to_numpy(),
-        tiles["__fs_tile_start"].to_numpy(),
-        list(tiles["state"]),
-    )
-    return _window_values(plan, {c: table[c].to_numpy() for c in table.columns}, row_ids, at_micros)
-
-
 def merged_window_values(
     plan: AggregationPlan,
     tiles: Mapping[str, np.ndarray | pd.Series],
@@ -204,7 +149,8 @@ def merged_window_values(
     population_keys: Sequence[np.ndarray | pd.Series],
     at_micros: np.ndarray,
 ) -> dict[str, pd.Series]:
-    """:func:`columnar_window_values` over tiles whose partials are merged already.
+    """Every feature of ``plan`` for each (key, read time) of a population, from tiles
+    whose partials are merged already (by DuckDB or Spark SQL).
 
     Args:
         plan: an aggregation plan for which :func:`columnar_supported` holds.
@@ -260,7 +206,8 @@ def _window_values(
     at_seconds = np.where(known, at_micros, 0).astype(np.int64) // 1_000_000
     ladder = sorted(plan.resolutions)
     parents: dict[int, int | None] = {r: next((c for c in ladder if c > r), None) for r in ladder}
-    base = row_ids.astype(np.int64) << _START_BITS
+    _check_seconds(at_seconds[known], "read times")
+    base = (row_ids.astype(np.int64) << _START_BITS) + _START_OFFSET
     # A missing key (code -1) must find no tile: push its positions below every tile.
     base = np.where(row_ids < 0, np.int64(-1) << 62, base)
     columns = state_columns(plan)
@@ -274,7 +221,7 @@ def _window_values(
 
     # Reads in (key, time) order make searchsorted and reduceat walk memory in order
     # (several times faster than random order); results go back to the rows' order.
-    # One int64 per read: key id and second never overlap (seconds fit in 34 bits).
+    # One int64 per read: key id and offset second never overlap.
     order = np.argsort(base + at_seconds, kind="stable")
     restore = np.empty_like(order)
     restore[order] = np.arange(len(order))
@@ -286,9 +233,9 @@ def _window_values(
     values: dict[str, pd.Series] = {}
     for window in plan.window_seconds:
         edge = edge_resolution(window)
-        # Tile starts are never negative; a window reaching before the epoch starts there
-        # (a negative bound would reach into the previous key's positions).
-        lows = np.maximum(-(-(highs - window) // edge) * edge, 0)
+        # A window reaching before the earliest possible tile starts there (a lower bound
+        # would reach into the previous key's positions).
+        lows = np.maximum(-(-(highs - window) // edge) * edge, -_START_OFFSET)
         totals: dict[str, np.ndarray] = {}
         for resolution, rung in rungs.items():
             if resolution > window:

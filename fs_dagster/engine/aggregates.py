@@ -37,7 +37,11 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from fs_dagster.aggregation.columnar import columnar_supported, columnar_window_values
+from fs_dagster.aggregation.columnar import (
+    columnar_supported,
+    merged_window_values,
+    state_columns,
+)
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.aggregation.states import (
     StateSpec,
@@ -73,6 +77,7 @@ __all__ = [
     "aggregation_plan",
     "apply_partials",
     "check_aggregations",
+    "merged_tiles",
     "point_in_time_aggregates",
     "prepare_online_tiles",
     "read_aggregates",
@@ -675,6 +680,40 @@ def window_result_type(function: str, column_type: DataType) -> DataType:
     return DoubleType()
 
 
+def merged_tiles(tiles: DataFrame, plan: AggregationPlan) -> DataFrame:
+    """One row per tile of the offline tile partials ``tiles``: its partials merged, each
+    state number a column (:func:`~fs_dagster.aggregation.columnar.state_columns`),
+    parsed from the JSON and merged in the JVM (for a plan that
+    :func:`~fs_dagster.aggregation.columnar.columnar_supported`)."""
+    columns = state_columns(plan)
+    # Each state's JSON type (a min or max's presence count is no clue to it: its value
+    # is); a boolean state is its [true, non-null] counts.
+    types: dict[str, DataType] = {}
+    for column in columns:
+        if column.part in ("t", "n"):
+            types[column.state] = ArrayType(LongType())
+        elif column.part == "value":
+            types[column.state] = LongType() if column.integer else DoubleType()
+    schema = StructType([StructField(state, kind) for state, kind in types.items()])
+    merged = []
+    for column in columns:
+        value = F.col("__fs_state").getField(column.state)
+        if column.part in ("t", "n"):
+            value = value.getItem(0 if column.part == "t" else 1)
+        kind = LongType() if column.integer else DoubleType()
+        if column.part == "present":
+            total = F.count(value)
+        elif column.merge == "sum":
+            total = F.coalesce(F.sum(value), F.lit(0)).cast(kind)
+        else:
+            merge = F.min if column.merge == "min" else F.max
+            total = F.coalesce(merge(value), F.lit(column.identity).cast(kind))
+        merged.append(total.alias(column.name))
+    position = [*plan.feature_set.key, _RES, _TILE]
+    parsed = tiles.select(*position, F.from_json("state", schema).alias("__fs_state"))
+    return parsed.groupBy(*position).agg(*merged)
+
+
 def point_in_time_aggregates(
     plan: AggregationPlan,
     population: DataFrame,
@@ -687,9 +726,11 @@ def point_in_time_aggregates(
     Population rows and tile partials are co-grouped by a hash bucket of the key on the
     executors. Each window reads the tiles online reads would read at that time, so an
     offline value is the online value served then for the same events: merged row by row
-    with the online code, or column-wise (:mod:`fs_dagster.aggregation.columnar`) when
-    every state is a sum, count, min, max or boolean count (float sums may then differ
-    from the online ones in the last digits, by the order of additions).
+    with the online code, or, when every state is a sum, count, min, max or boolean count,
+    column-wise: each tile's partials merged by Spark SQL first (:func:`merged_tiles`),
+    then every window at every row of a bucket with numpy
+    (:func:`~fs_dagster.aggregation.columnar.merged_window_values`; float sums may then
+    differ from the online ones in the last digits, by the order of additions).
     """
     fs = plan.feature_set
     keys = list(fs.key)
@@ -725,15 +766,22 @@ def point_in_time_aggregates(
     population = population.withColumn(
         pit, F.unix_micros(F.col(point_in_time_column).cast("timestamp"))
     ).withColumn(bucket, by_bucket)
-    tiles = tiles.select(*keys, _RES, _TILE, "state").withColumn(bucket, by_bucket)
+    columnar = columnar_supported(plan)
+    # Column-wise: each tile's partials merged in the JVM; else the JSON states.
+    tiles = merged_tiles(tiles, plan) if columnar else tiles.select(*keys, _RES, _TILE, "state")
+    tiles = tiles.withColumn(bucket, by_bucket)
     names = [o.name for o in outputs]
 
-    columnar = columnar_supported(plan)
-
     def per_bucket(pop: pd.DataFrame, bucket_tiles: pd.DataFrame) -> pd.DataFrame:
-        if columnar and (bucket_tiles.empty or int(bucket_tiles[_TILE].min()) >= 0):
+        if columnar:
             at = pop[pit].to_numpy(dtype="float64", na_value=np.nan)
-            found = columnar_window_values(plan, bucket_tiles, keys, [pop[k] for k in keys], at)
+            found = merged_window_values(
+                plan,
+                {str(c): bucket_tiles[c] for c in bucket_tiles.columns},
+                keys,
+                [pop[k] for k in keys],
+                at,
+            )
             out = pop.drop(columns=[pit, bucket]).reset_index(drop=True)
             for name in names:
                 out[name] = found[name].array

@@ -300,8 +300,8 @@ def duckdb_point_in_time_aggregates(
         ValueError: the population lacks a key or the point-in-time column, or has a
             column named like a feature.
         DuckDBUnsupportedTableError: an aggregate this engine does not merge, a time
-            column that does not hold datetimes, tiles before 1970, or a Delta reader
-            feature it does not read (Spark reads all of them).
+            column that does not hold datetimes, or a Delta reader feature it does not
+            read (Spark reads all of them).
 
     Example:
         >>> duckdb_point_in_time_aggregates(
@@ -344,18 +344,12 @@ def duckdb_point_in_time_aggregates(
         merged = connection.sql(_merged_tiles_sql(plan, source)).to_arrow_table()
     finally:
         connection.close()
-    starts = merged.column(_TILE_START).to_numpy()
-    if len(starts) and int(starts.min()) < 0:
-        raise DuckDBUnsupportedTableError(
-            f"the tile table of '{name}' has tiles before 1970, which the DuckDB offline "
-            "engine does not read; use offline_engine='spark'"
-        )
     found = merged_window_values(
         plan,
         {
             **{k: merged.column(k).to_pandas() for k in keys},
             _RESOLUTION: merged.column(_RESOLUTION).to_numpy(),
-            _TILE_START: starts,
+            _TILE_START: merged.column(_TILE_START).to_numpy(),
             **{c.name: merged.column(c.name).to_numpy() for c in state_columns(plan)},
         },
         keys,

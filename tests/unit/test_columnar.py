@@ -15,7 +15,6 @@ import fs_dagster as fs
 from fs_dagster import Aggregation
 from fs_dagster.aggregation.columnar import (
     columnar_supported,
-    columnar_window_values,
     merged_window_values,
     state_columns,
 )
@@ -66,10 +65,10 @@ NUMERIC = _plan(
 )
 
 
-def _events(rng: random.Random, keys: list[str]) -> list[dict[str, Any]]:
+def _events(rng: random.Random, keys: list[str], end: int = T) -> list[dict[str, Any]]:
     events = []
     for _ in range(rng.randrange(0, 400)):
-        micros = (T - int(rng.expovariate(1 / 86_400) * rng.choice([0.001, 0.1, 1, 10]))) * 10**6
+        micros = (end - int(rng.expovariate(1 / 86_400) * rng.choice([0.001, 0.1, 1, 10]))) * 10**6
         micros += rng.randrange(10**6)
         events.append(
             {
@@ -144,40 +143,6 @@ def _same(got: Any, want: Any) -> bool:
     return bool(got == want) and type(got) is not float
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_columnar_values_equal_row_by_row(seed: int) -> None:
-    rng = random.Random(seed)
-    keys = [f"k{i}" for i in range(rng.randrange(1, 6))]
-    tiles = _partials(NUMERIC, _events(rng, keys), rng)
-    population_keys = [rng.choice([*keys, "unknown", None]) for _ in range(300)]
-    at: list[float] = []
-    for _ in population_keys:
-        if rng.random() < 0.05:
-            at.append(math.nan)
-        else:
-            second = T - rng.choice([0, 1, 59, 60, 61, 3_600, 86_400]) - rng.randrange(0, 86_400)
-            at.append(float(second * 10**6 + rng.randrange(10**6)))
-    assert columnar_supported(NUMERIC)
-    got = columnar_window_values(
-        NUMERIC, tiles, ["user_id"], [pd.Series(population_keys)], np.array(at)
-    )
-    want = _row_by_row(NUMERIC, tiles, population_keys, at)
-    assert len(got) == len(NUMERIC.outputs)
-    for row, expected in enumerate(want):
-        for name, value in expected.items():
-            actual = got[name].iloc[row]
-            assert _same(actual, value), (
-                f"row {row} key {population_keys[row]} at {at[row]}: {name} {actual!r} != {value!r}"
-            )
-
-
-def test_states_it_does_not_cover_take_the_row_path() -> None:
-    assert not columnar_supported(_plan(Aggregation.avg("amount"), windows=("1h",)))
-    assert not columnar_supported(_plan(Aggregation.last_n("amount", 3), windows=("1h",)))
-    assert not columnar_supported(_plan(Aggregation.percentile("amount", 95), windows=("1h",)))
-    assert columnar_supported(_plan(Aggregation.count("flag"), windows=("1h",)))
-
-
 def _merged_by_hand(tiles: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each tile's partials merged here, into the columns ``state_columns`` names."""
     cells: dict[tuple[Any, int, int], list[dict[str, Any]]] = {}
@@ -209,21 +174,62 @@ def _merged_by_hand(tiles: pd.DataFrame) -> dict[str, np.ndarray]:
     return {column: np.array(values) for column, values in out.items()}
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_windows_over_tiles_merged_elsewhere_equal_row_by_row(seed: int) -> None:
-    rng = random.Random(100 + seed)
+@pytest.mark.parametrize(
+    ("seed", "end"),
+    [*((s, T) for s in range(12)), (12, 0), (13, 3_600), (14, -500_000_000)],
+    ids=[*(f"seed{s}" for s in range(12)), "at-the-epoch", "just-after-it", "1954"],
+)
+def test_columnar_values_equal_row_by_row(seed: int, end: int) -> None:
+    rng = random.Random(seed)
     keys = [f"k{i}" for i in range(rng.randrange(1, 6))]
-    tiles = _partials(NUMERIC, _events(rng, keys), rng)
+    tiles = _partials(NUMERIC, _events(rng, keys, end), rng)
+    population_keys = [rng.choice([*keys, "unknown", None]) for _ in range(300)]
+    at: list[float] = []
+    for _ in population_keys:
+        if rng.random() < 0.05:
+            at.append(math.nan)
+        else:
+            second = end - rng.choice([0, 1, 59, 60, 61, 3_600, 86_400]) - rng.randrange(0, 86_400)
+            at.append(float(second * 10**6 + rng.randrange(10**6)))
+    assert columnar_supported(NUMERIC)
     merged = _merged_by_hand(tiles)
-    assert set(merged) >= {c.name for c in state_columns(NUMERIC)} | {"user_id"}
-    population_keys = [rng.choice([*keys, "unknown", None]) for _ in range(200)]
-    at = [float((T - rng.randrange(0, 3 * 86_400)) * 10**6 + rng.randrange(10**6))]
-    at += [math.nan if rng.random() < 0.05 else at[0] - rng.randrange(10**11) for _ in range(199)]
+    if len(tiles):
+        assert set(merged) == {c.name for c in state_columns(NUMERIC)} | {*tiles.columns} - {
+            "state"
+        }
     got = merged_window_values(
         NUMERIC, merged, ["user_id"], [pd.Series(population_keys)], np.array(at)
     )
     want = _row_by_row(NUMERIC, tiles, population_keys, at)
+    assert len(got) == len(NUMERIC.outputs)
     for row, expected in enumerate(want):
         for name, value in expected.items():
             actual = got[name].iloc[row]
-            assert _same(actual, value), f"row {row}: {name} {actual!r} != {value!r}"
+            assert _same(actual, value), (
+                f"row {row} key {population_keys[row]} at {at[row]}: {name} {actual!r} != {value!r}"
+            )
+
+
+def test_states_it_does_not_cover_take_the_row_path() -> None:
+    assert not columnar_supported(_plan(Aggregation.avg("amount"), windows=("1h",)))
+    assert not columnar_supported(_plan(Aggregation.last_n("amount", 3), windows=("1h",)))
+    assert not columnar_supported(_plan(Aggregation.percentile("amount", 95), windows=("1h",)))
+    assert columnar_supported(_plan(Aggregation.count("flag"), windows=("1h",)))
+
+
+def test_times_beyond_the_supported_years_are_refused() -> None:
+    tiles = pd.DataFrame(
+        {"user_id": ["k"], "__fs_resolution": [1], "__fs_tile_start": [2**33], "state": ["{}"]}
+    )
+    with pytest.raises(ValueError, match="tile starts must fall between the years 1698"):
+        merged_window_values(
+            NUMERIC, _merged_by_hand(tiles), ["user_id"], [pd.Series(["k"])], np.array([0.0])
+        )
+    with pytest.raises(ValueError, match="read times must fall between"):
+        merged_window_values(
+            NUMERIC,
+            _merged_by_hand(tiles.assign(__fs_tile_start=[0])),
+            ["user_id"],
+            [pd.Series(["k"])],
+            np.array([-(2.0**33 + 9) * 1e6]),
+        )
