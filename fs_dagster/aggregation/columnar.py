@@ -30,7 +30,7 @@ from fs_dagster.definitions.aggregations import AggregateSpec
 __all__ = [
     "StateColumn",
     "columnar_supported",
-    "merged_window_values",
+    "columnar_window_values",
     "state_columns",
 ]
 
@@ -65,7 +65,8 @@ def _dtype(plan: AggregationPlan, kind: str, column: str) -> Any:
 
 @dataclass(frozen=True)
 class StateColumn:
-    """One number per tile taken from one state: a column of the merged tile table.
+    """One number per tile partial taken from one state: a column of the tile table
+    :func:`columnar_window_values` reads.
 
     Attributes:
         name: the column's name: the state key for the state itself, with ``|present``
@@ -73,7 +74,7 @@ class StateColumn:
             boolean state's true and non-null counts).
         state: the state's key in a tile's JSON.
         part: ``value``, ``present``, ``t`` or ``n`` (see ``name``).
-        merge: how partials of one tile combine: ``sum``, ``min`` or ``max``.
+        merge: how partials (and tiles) combine: ``sum``, ``min`` or ``max``.
         integer: int64 values (else float64).
     """
 
@@ -95,7 +96,7 @@ class StateColumn:
 
 
 def state_columns(plan: AggregationPlan) -> list[StateColumn]:
-    """The columns of the merged tile table of ``plan`` (see :func:`columnar_supported`)."""
+    """The columns of the tile table of ``plan`` (see :func:`columnar_supported`)."""
     columns: list[StateColumn] = []
     for spec in plan.states:
         name = spec.key
@@ -142,25 +143,27 @@ def _identity(kind: str, dtype: Any) -> float:
     return 0
 
 
-def merged_window_values(
+def columnar_window_values(
     plan: AggregationPlan,
     tiles: Mapping[str, np.ndarray | pd.Series],
     tile_keys: Sequence[str],
     population_keys: Sequence[np.ndarray | pd.Series],
     at_micros: np.ndarray,
 ) -> dict[str, pd.Series]:
-    """Every feature of ``plan`` for each (key, read time) of a population, from tiles
-    whose partials are merged already (by DuckDB or Spark SQL).
+    """Every feature of ``plan`` for each (key, read time) of a population.
 
     Args:
         plan: an aggregation plan for which :func:`columnar_supported` holds.
-        tiles: one row per (key, resolution, start): the key columns ``tile_keys``,
+        tiles: tile partials as numbers: the key columns ``tile_keys``,
             ``__fs_resolution``, ``__fs_tile_start`` and the :func:`state_columns` of
-            ``plan`` (each state merged by its ``merge``, a missing one its
-            ``identity``).
+            ``plan`` (a state a partial lacks holds the column's ``identity``). A tile may
+            have several partials: the reductions over a window's tiles merge them.
         tile_keys: the key columns of ``tiles``.
         population_keys: the population's key columns, in ``tile_keys`` order.
         at_micros: read times in microseconds (float, NaN for none: every value null).
+
+    Raises:
+        ValueError: a tile start or read time outside the years 1698-2242.
     """
     tile_ids, row_ids = _key_ids([tiles[k] for k in tile_keys], population_keys)
     resolutions = np.asarray(tiles["__fs_resolution"], np.int64)
@@ -199,8 +202,8 @@ def _window_values(
     row_ids: np.ndarray,
     at_micros: np.ndarray,
 ) -> dict[str, pd.Series]:
-    """The features for each (key id, read time) from merged tiles: one row per tile,
-    sorted by (``res``, ``pos``), with the :func:`state_columns` of ``plan``."""
+    """The features for each (key id, read time) from tile partials sorted by (``res``,
+    ``pos``), with the :func:`state_columns` of ``plan``."""
     rows = len(at_micros)
     known = ~np.isnan(at_micros)
     at_seconds = np.where(known, at_micros, 0).astype(np.int64) // 1_000_000
@@ -264,7 +267,7 @@ def _window_values(
 
 
 class _Rung:
-    """The merged tiles of one resolution, prepared for the reads of every window."""
+    """The tile partials of one resolution, prepared for the reads of every window."""
 
     def __init__(self, part: Mapping[str, np.ndarray], columns: Sequence[StateColumn]) -> None:
         self.positions = part["pos"]

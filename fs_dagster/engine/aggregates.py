@@ -39,7 +39,7 @@ from pyspark.sql.types import (
 
 from fs_dagster.aggregation.columnar import (
     columnar_supported,
-    merged_window_values,
+    columnar_window_values,
     state_columns,
 )
 from fs_dagster.aggregation.plan import AggregationPlan
@@ -77,10 +77,10 @@ __all__ = [
     "aggregation_plan",
     "apply_partials",
     "check_aggregations",
-    "merged_tiles",
     "point_in_time_aggregates",
     "prepare_online_tiles",
     "read_aggregates",
+    "tile_numbers",
     "tile_partials",
     "window_result_type",
     "write_partials",
@@ -680,11 +680,11 @@ def window_result_type(function: str, column_type: DataType) -> DataType:
     return DoubleType()
 
 
-def merged_tiles(tiles: DataFrame, plan: AggregationPlan) -> DataFrame:
-    """One row per tile of the offline tile partials ``tiles``: its partials merged, each
-    state number a column (:func:`~fs_dagster.aggregation.columnar.state_columns`),
-    parsed from the JSON and merged in the JVM (for a plan that
-    :func:`~fs_dagster.aggregation.columnar.columnar_supported`)."""
+def tile_numbers(tiles: DataFrame, plan: AggregationPlan) -> DataFrame:
+    """The offline tile partials ``tiles`` with their states as numbers, one column each
+    (:func:`~fs_dagster.aggregation.columnar.state_columns`), parsed from the JSON in
+    the JVM, for a plan that :func:`~fs_dagster.aggregation.columnar.columnar_supported`.
+    """
     columns = state_columns(plan)
     # Each state's JSON type (a min or max's presence count is no clue to it: its value
     # is); a boolean state is its [true, non-null] counts.
@@ -695,23 +695,20 @@ def merged_tiles(tiles: DataFrame, plan: AggregationPlan) -> DataFrame:
         elif column.part == "value":
             types[column.state] = LongType() if column.integer else DoubleType()
     schema = StructType([StructField(state, kind) for state, kind in types.items()])
-    merged = []
+    numbers = []
     for column in columns:
         value = F.col("__fs_state").getField(column.state)
-        if column.part in ("t", "n"):
-            value = value.getItem(0 if column.part == "t" else 1)
-        kind = LongType() if column.integer else DoubleType()
         if column.part == "present":
-            total = F.count(value)
-        elif column.merge == "sum":
-            total = F.coalesce(F.sum(value), F.lit(0)).cast(kind)
+            number = value.isNotNull().cast(LongType())
         else:
-            merge = F.min if column.merge == "min" else F.max
-            total = F.coalesce(merge(value), F.lit(column.identity).cast(kind))
-        merged.append(total.alias(column.name))
+            if column.part in ("t", "n"):
+                value = value.getItem(0 if column.part == "t" else 1)
+            kind = LongType() if column.integer else DoubleType()
+            number = F.coalesce(value, F.lit(column.identity).cast(kind))
+        numbers.append(number.alias(column.name))
     position = [*plan.feature_set.key, _RES, _TILE]
     parsed = tiles.select(*position, F.from_json("state", schema).alias("__fs_state"))
-    return parsed.groupBy(*position).agg(*merged)
+    return parsed.select(*position, *numbers)
 
 
 def point_in_time_aggregates(
@@ -727,9 +724,9 @@ def point_in_time_aggregates(
     executors. Each window reads the tiles online reads would read at that time, so an
     offline value is the online value served then for the same events: merged row by row
     with the online code, or, when every state is a sum, count, min, max or boolean count,
-    column-wise: each tile's partials merged by Spark SQL first (:func:`merged_tiles`),
-    then every window at every row of a bucket with numpy
-    (:func:`~fs_dagster.aggregation.columnar.merged_window_values`; float sums may then
+    column-wise: the partials' states taken out of their JSON by Spark
+    (:func:`tile_numbers`), then every window at every row of a bucket with numpy
+    (:func:`~fs_dagster.aggregation.columnar.columnar_window_values`; float sums may then
     differ from the online ones in the last digits, by the order of additions).
     """
     fs = plan.feature_set
@@ -767,15 +764,15 @@ def point_in_time_aggregates(
         pit, F.unix_micros(F.col(point_in_time_column).cast("timestamp"))
     ).withColumn(bucket, by_bucket)
     columnar = columnar_supported(plan)
-    # Column-wise: each tile's partials merged in the JVM; else the JSON states.
-    tiles = merged_tiles(tiles, plan) if columnar else tiles.select(*keys, _RES, _TILE, "state")
+    # Column-wise: the states as numbers, parsed in the JVM; else the JSON states.
+    tiles = tile_numbers(tiles, plan) if columnar else tiles.select(*keys, _RES, _TILE, "state")
     tiles = tiles.withColumn(bucket, by_bucket)
     names = [o.name for o in outputs]
 
     def per_bucket(pop: pd.DataFrame, bucket_tiles: pd.DataFrame) -> pd.DataFrame:
         if columnar:
             at = pop[pit].to_numpy(dtype="float64", na_value=np.nan)
-            found = merged_window_values(
+            found = columnar_window_values(
                 plan,
                 {str(c): bucket_tiles[c] for c in bucket_tiles.columns},
                 keys,

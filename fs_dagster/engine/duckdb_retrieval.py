@@ -40,7 +40,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_type
 from fs_dagster.aggregation.columnar import (
     StateColumn,
     columnar_supported,
-    merged_window_values,
+    columnar_window_values,
     state_columns,
 )
 from fs_dagster.aggregation.plan import AggregationPlan
@@ -275,10 +275,10 @@ def duckdb_point_in_time_aggregates(
     """Every window value of an aggregated set as of each population row, in-process.
 
     The answer of :func:`~fs_dagster.engine.aggregates.point_in_time_aggregates` (the
-    Spark path) without a JVM: DuckDB merges the offline tile partials of each tile,
-    taking the states' numbers out of their JSON, and numpy evaluates every window at
-    every population row (:func:`~fs_dagster.aggregation.columnar.merged_window_values`,
-    the column-wise merge the Spark path runs per hash bucket). For sums, counts, min,
+    Spark path) without a JVM: DuckDB reads the offline tile partials, taking the
+    states' numbers out of their JSON, and numpy evaluates every window at every
+    population row (:func:`~fs_dagster.aggregation.columnar.columnar_window_values`, the
+    code the Spark path runs per hash bucket). For sums, counts, min,
     max and the boolean aggregates (:func:`~fs_dagster.aggregation.columnar.
     columnar_supported`); the aggregated columns' types come from the features table.
 
@@ -341,16 +341,16 @@ def duckdb_point_in_time_aggregates(
     try:
         connection.execute("SET enable_progress_bar = false")
         source = _register_source(connection, table, tiles, "tiles")
-        merged = connection.sql(_merged_tiles_sql(plan, source)).to_arrow_table()
+        partials = connection.sql(_tile_numbers_sql(plan, source)).to_arrow_table()
     finally:
         connection.close()
-    found = merged_window_values(
+    found = columnar_window_values(
         plan,
         {
-            **{k: merged.column(k).to_pandas() for k in keys},
-            _RESOLUTION: merged.column(_RESOLUTION).to_numpy(),
-            _TILE_START: merged.column(_TILE_START).to_numpy(),
-            **{c.name: merged.column(c.name).to_numpy() for c in state_columns(plan)},
+            **{k: partials.column(k).to_pandas() for k in keys},
+            _RESOLUTION: partials.column(_RESOLUTION).to_numpy(),
+            _TILE_START: partials.column(_TILE_START).to_numpy(),
+            **{c.name: partials.column(c.name).to_numpy() for c in state_columns(plan)},
         },
         keys,
         [population[k] for k in keys],
@@ -380,9 +380,10 @@ def _offline_plan(feature_set: FeatureSet, features: DeltaLocation) -> Aggregati
     return aggregation_plan(feature_set, schema)
 
 
-def _merged_tiles_sql(plan: AggregationPlan, source: str) -> str:
-    """One row per tile of the offline tile table: its partials merged, each state
-    number a column (:func:`~fs_dagster.aggregation.columnar.state_columns`)."""
+def _tile_numbers_sql(plan: AggregationPlan, source: str) -> str:
+    """The offline tile partials with their states as numbers, one column each
+    (:func:`~fs_dagster.aggregation.columnar.state_columns`): what
+    :func:`~fs_dagster.engine.aggregates.tile_numbers` makes on Spark."""
     columns = state_columns(plan)
     # Each state's JSON type: a boolean state is its [true, non-null] counts.
     # (A min or max state's presence count is no clue to its type: its value is.)
@@ -392,26 +393,21 @@ def _merged_tiles_sql(plan: AggregationPlan, source: str) -> str:
             types[column.state] = "BIGINT[]"
         elif column.part == "value":
             types[column.state] = "BIGINT" if column.integer else "DOUBLE"
-    merged = []
+    numbers = []
     for column in columns:
         value = f"s.{_quoted(column.state)}" + {"t": "[1]", "n": "[2]"}.get(column.part, "")
         if column.part == "present":
-            expression = f"COUNT({value})"
-        elif column.merge == "sum":
-            sql_type = "BIGINT" if column.integer else "DOUBLE"
-            expression = f"CAST(COALESCE(SUM({value}), 0) AS {sql_type})"
+            expression = f"CAST({value} IS NOT NULL AS BIGINT)"
         else:
-            expression = f"COALESCE({column.merge.upper()}({value}), {_literal(column)})"
-        merged.append(f"{expression} AS {_quoted(column.name)}")
+            expression = f"COALESCE({value}, {_literal(column)})"
+        numbers.append(f"{expression} AS {_quoted(column.name)}")
     keys = [_quoted(k) for k in plan.feature_set.key]
     position = [*keys, _quoted(_RESOLUTION), _quoted(_TILE_START)]
     structure = json.dumps(types).replace("'", "''")
     # One parse per partial into a struct of its states (a quarter faster than
     # json_extract of a list of paths, measured on 1.19M partials).
     parsed = f"SELECT {', '.join(position)}, from_json(state, '{structure}') AS s FROM {source}"
-    return (
-        f"SELECT {', '.join([*position, *merged])} FROM ({parsed}) GROUP BY {', '.join(position)}"
-    )
+    return f"SELECT {', '.join([*position, *numbers])} FROM ({parsed})"
 
 
 def _literal(column: StateColumn) -> str:

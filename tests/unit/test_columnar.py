@@ -15,7 +15,7 @@ import fs_dagster as fs
 from fs_dagster import Aggregation
 from fs_dagster.aggregation.columnar import (
     columnar_supported,
-    merged_window_values,
+    columnar_window_values,
     state_columns,
 )
 from fs_dagster.aggregation.plan import AggregationPlan
@@ -143,13 +143,15 @@ def _same(got: Any, want: Any) -> bool:
     return bool(got == want) and type(got) is not float
 
 
-def _merged_by_hand(tiles: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Each tile's partials merged here, into the columns ``state_columns`` names."""
-    cells: dict[tuple[Any, int, int], list[dict[str, Any]]] = {}
-    for key, resolution, start, state in tiles.itertuples(index=False):
-        cells.setdefault((key, int(resolution), int(start)), []).append(json.loads(state))
+def _numbers_by_hand(tiles: pd.DataFrame, merge: bool = True) -> dict[str, np.ndarray]:
+    """The partials' states as numbers, in the columns ``state_columns`` names; with
+    ``merge`` each tile's partials merged into one row here, else one row per partial."""
+    cells: dict[tuple[Any, int, int, int], list[dict[str, Any]]] = {}
+    for index, (key, resolution, start, state) in enumerate(tiles.itertuples(index=False)):
+        cell = (key, int(resolution), int(start), 0 if merge else index)
+        cells.setdefault(cell, []).append(json.loads(state))
     out: dict[str, list[Any]] = {}
-    for (key, resolution, start), states in cells.items():
+    for (key, resolution, start, _), states in cells.items():
         row: dict[str, Any] = {"user_id": key, "__fs_resolution": resolution}
         row["__fs_tile_start"] = start
         for spec in NUMERIC.states:
@@ -174,12 +176,13 @@ def _merged_by_hand(tiles: pd.DataFrame) -> dict[str, np.ndarray]:
     return {column: np.array(values) for column, values in out.items()}
 
 
+@pytest.mark.parametrize("merge", [True, False], ids=["tiles", "partials"])
 @pytest.mark.parametrize(
     ("seed", "end"),
     [*((s, T) for s in range(12)), (12, 0), (13, 3_600), (14, -500_000_000)],
     ids=[*(f"seed{s}" for s in range(12)), "at-the-epoch", "just-after-it", "1954"],
 )
-def test_columnar_values_equal_row_by_row(seed: int, end: int) -> None:
+def test_columnar_values_equal_row_by_row(seed: int, end: int, merge: bool) -> None:
     rng = random.Random(seed)
     keys = [f"k{i}" for i in range(rng.randrange(1, 6))]
     tiles = _partials(NUMERIC, _events(rng, keys, end), rng)
@@ -192,12 +195,12 @@ def test_columnar_values_equal_row_by_row(seed: int, end: int) -> None:
             second = end - rng.choice([0, 1, 59, 60, 61, 3_600, 86_400]) - rng.randrange(0, 86_400)
             at.append(float(second * 10**6 + rng.randrange(10**6)))
     assert columnar_supported(NUMERIC)
-    merged = _merged_by_hand(tiles)
+    merged = _numbers_by_hand(tiles, merge)
     if len(tiles):
         assert set(merged) == {c.name for c in state_columns(NUMERIC)} | {*tiles.columns} - {
             "state"
         }
-    got = merged_window_values(
+    got = columnar_window_values(
         NUMERIC, merged, ["user_id"], [pd.Series(population_keys)], np.array(at)
     )
     want = _row_by_row(NUMERIC, tiles, population_keys, at)
@@ -222,13 +225,13 @@ def test_times_beyond_the_supported_years_are_refused() -> None:
         {"user_id": ["k"], "__fs_resolution": [1], "__fs_tile_start": [2**33], "state": ["{}"]}
     )
     with pytest.raises(ValueError, match="tile starts must fall between the years 1698"):
-        merged_window_values(
-            NUMERIC, _merged_by_hand(tiles), ["user_id"], [pd.Series(["k"])], np.array([0.0])
+        columnar_window_values(
+            NUMERIC, _numbers_by_hand(tiles), ["user_id"], [pd.Series(["k"])], np.array([0.0])
         )
     with pytest.raises(ValueError, match="read times must fall between"):
-        merged_window_values(
+        columnar_window_values(
             NUMERIC,
-            _merged_by_hand(tiles.assign(__fs_tile_start=[0])),
+            _numbers_by_hand(tiles.assign(__fs_tile_start=[0])),
             ["user_id"],
             [pd.Series(["k"])],
             np.array([-(2.0**33 + 9) * 1e6]),
