@@ -610,11 +610,11 @@ def scenario_online(ctx: Context) -> dict[str, Any]:
     }
 
 
-def scenario_agg(ctx: Context) -> dict[str, Any]:
-    """Aggregated ingestion, fs-dagster (Cassandra) against Quix Streams (Kafka); then
-    fs-dagster's aggregated online reads alone; then the window values checked."""
-    cfg, scale = ctx.cfg, ctx.cfg.sizes
-    acfg = agg.BenchConfig(
+def agg_config(cfg: Config) -> agg.BenchConfig:
+    """``bench.aggregations``' settings for the ``agg`` and ``aggpit`` events: uniform
+    keys, batches of an eighth of the events."""
+    scale = cfg.sizes
+    return agg.BenchConfig(
         events=scale.agg_events,
         keys=scale.agg_keys,
         hot_keys=0,
@@ -624,6 +624,13 @@ def scenario_agg(ctx: Context) -> dict[str, Any]:
         cassandra_port=cfg.cassandra_port,
         seed=cfg.seed,
     )
+
+
+def scenario_agg(ctx: Context) -> dict[str, Any]:
+    """Aggregated ingestion, fs-dagster (Cassandra) against Quix Streams (Kafka); then
+    fs-dagster's aggregated online reads alone; then the window values checked."""
+    cfg, scale = ctx.cfg, ctx.cfg.sizes
+    acfg = agg_config(cfg)
     keyspace = f"fs_bench_cmp_{ctx.run_id}"
     store = fs.CassandraOnlineStore(hosts=[HOST], port=cfg.cassandra_port, keyspace=keyspace)
     topic = f"fs-bench-{ctx.run_id}-agg"
@@ -875,16 +882,7 @@ def scenario_aggpit(ctx: Context) -> dict[str, Any]:
     """Aggregated point in time to pandas: fs-dagster's read of its offline tiles against
     a hand-written DuckDB query over the raw feature rows, every value compared."""
     cfg, scale = ctx.cfg, ctx.cfg.sizes
-    acfg = agg.BenchConfig(
-        events=scale.agg_events,
-        keys=scale.agg_keys,
-        hot_keys=0,
-        hot_share=0.0,
-        max_offsets_per_trigger=max(scale.agg_events // 8, 1),
-        bootstrap=cfg.bootstrap,
-        cassandra_port=cfg.cassandra_port,
-        seed=cfg.seed,
-    )
+    acfg = agg_config(cfg)
     topic = f"fs-bench-{ctx.run_id}-aggpit"
     workdir = ctx.workdir / "aggpit"
     events = agg.generate_events(acfg.events, acfg.keys, acfg.span_micros, acfg.seed)
