@@ -70,7 +70,7 @@ class StateColumn:
 
     Attributes:
         name: the column's name: the state key for the state itself, with ``|present``
-            (1 when the tile has the state: min and max only), ``|t`` and ``|n`` (a
+            (1 when the partial has the state: min and max only), ``|t`` and ``|n`` (a
             boolean state's true and non-null counts).
         state: the state's key in a tile's JSON.
         part: ``value``, ``present``, ``t`` or ``n`` (see ``name``).

@@ -7,6 +7,11 @@ latest feature row of its key at or before the row's time, and an equi-join fetc
 row(s) at that time (several on ties). Matched rows older than the TTL give nulls; every
 population row is kept, in population order.
 
+Aggregated sets (:func:`duckdb_point_in_time_aggregates`): DuckDB takes the states'
+numbers out of the offline tile partials' JSON, and numpy evaluates every window at
+every population row (:mod:`fs_dagster.aggregation.columnar`), as the Spark path does
+per hash bucket of keys.
+
 Where the files are read from:
 
 - a local root: DuckDB's own Parquet reader over the table's current file list;
@@ -82,7 +87,8 @@ _UNSUPPORTED_READER_FEATURES = ("deletionVectors", "columnMapping")
 
 
 class DuckDBUnsupportedTableError(ValueError):
-    """The Delta table uses a feature the DuckDB path does not read; Spark does."""
+    """A read the DuckDB engine does not do: a Delta table feature it does not read, an
+    aggregate it does not merge, a time column that is not datetimes; Spark does it."""
 
 
 @dataclass(frozen=True)
