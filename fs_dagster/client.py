@@ -348,7 +348,9 @@ class FeatureStore:
             return duckdb_point_in_time_join(
                 feature_set, features, population, point_in_time_column
             )
-        except DuckDBUnsupportedTableError:
+        except (DuckDBUnsupportedTableError, OSError):
+            # OSError: deltalake could not reach the table (e.g. no S3 credentials in its
+            # environment where Spark has its own): Spark reads it under "auto".
             if self.offline_engine == "auto":
                 return None
             raise
