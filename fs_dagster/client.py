@@ -64,7 +64,8 @@ class FeatureStore:
             does not do (deletion vectors, column mapping, a root other than a local
             path, ``file://``, ``s3a://`` or ``s3://``; for an aggregated set also an
             aggregate other than sum, count, min, max and the boolean ones, or a time
-            column that does not hold datetimes), then Spark. Both give the same
+            column that does not hold datetimes; a table ``deltalake`` cannot reach,
+            e.g. an S3 root without keys of its own), then Spark. Both give the same
             frames. The combined form and ``output="spark"`` run on Spark whatever the
             choice.
         s3: endpoint, keys and region the DuckDB engine reads an ``s3a://`` root with;

@@ -29,9 +29,11 @@ from fs_dagster.definitions.aggregations import AggregateSpec
 
 __all__ = [
     "StateColumn",
+    "StateType",
     "columnar_supported",
     "columnar_window_values",
     "state_columns",
+    "state_types",
 ]
 
 _KINDS = frozenset({"sum", "count", "min", "max", "bool"})
@@ -115,6 +117,24 @@ def state_columns(plan: AggregationPlan) -> list[StateColumn]:
         else:
             columns.append(StateColumn(name, name, "value", "sum", integer))
     return columns
+
+
+#: How a state is written in a tile's JSON: an integer, a float, or the boolean
+#: states' ``[true, non-null]`` counts.
+StateType = Literal["long", "double", "counts"]
+
+
+def state_types(plan: AggregationPlan) -> dict[str, StateType]:
+    """The JSON type of each state :func:`state_columns` reads, for the SQL that takes
+    them out of the tiles (DuckDB's and Spark's)."""
+    types: dict[str, StateType] = {}
+    for column in state_columns(plan):
+        if column.part in ("t", "n"):
+            types[column.state] = "counts"
+        elif column.part == "value":
+            # A min or max's presence count is no clue to its type: its value is.
+            types[column.state] = "long" if column.integer else "double"
+    return types
 
 
 def _positions(key_ids: np.ndarray, starts: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from fs_dagster.aggregation.columnar import (
     columnar_supported,
     columnar_window_values,
     state_columns,
+    state_types,
 )
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.aggregation.states import (
@@ -686,15 +687,10 @@ def tile_numbers(tiles: DataFrame, plan: AggregationPlan) -> DataFrame:
     the JVM, for a plan that :func:`~fs_dagster.aggregation.columnar.columnar_supported`.
     """
     columns = state_columns(plan)
-    # Each state's JSON type (a min or max's presence count is no clue to it: its value
-    # is); a boolean state is its [true, non-null] counts.
-    types: dict[str, DataType] = {}
-    for column in columns:
-        if column.part in ("t", "n"):
-            types[column.state] = ArrayType(LongType())
-        elif column.part == "value":
-            types[column.state] = LongType() if column.integer else DoubleType()
-    schema = StructType([StructField(state, kind) for state, kind in types.items()])
+    spark_types = {"long": LongType(), "double": DoubleType(), "counts": ArrayType(LongType())}
+    schema = StructType(
+        [StructField(state, spark_types[kind]) for state, kind in state_types(plan).items()]
+    )
     numbers = []
     for column in columns:
         value = F.col("__fs_state").getField(column.state)

@@ -47,6 +47,7 @@ from fs_dagster.aggregation.columnar import (
     columnar_supported,
     columnar_window_values,
     state_columns,
+    state_types,
 )
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.definitions.feature_set import FeatureSet
@@ -391,14 +392,8 @@ def _tile_numbers_sql(plan: AggregationPlan, source: str) -> str:
     (:func:`~fs_dagster.aggregation.columnar.state_columns`): what
     :func:`~fs_dagster.engine.aggregates.tile_numbers` makes on Spark."""
     columns = state_columns(plan)
-    # Each state's JSON type: a boolean state is its [true, non-null] counts.
-    # (A min or max state's presence count is no clue to its type: its value is.)
-    types: dict[str, str] = {}
-    for column in columns:
-        if column.part in ("t", "n"):
-            types[column.state] = "BIGINT[]"
-        elif column.part == "value":
-            types[column.state] = "BIGINT" if column.integer else "DOUBLE"
+    duckdb_types = {"long": "BIGINT", "double": "DOUBLE", "counts": "BIGINT[]"}
+    types = {state: duckdb_types[kind] for state, kind in state_types(plan).items()}
     numbers = []
     for column in columns:
         value = f"s.{_quoted(column.state)}" + {"t": "[1]", "n": "[2]"}.get(column.part, "")
