@@ -165,8 +165,10 @@ def generate_events(
     *,
     hot_keys: int = 0,
     hot_share: float = 0.0,
+    end_micros: int = END_MICROS,
 ) -> Events:
-    """``count`` events in event-time order over ``span_micros`` ending at END_TIME.
+    """``count`` events in event-time order over ``span_micros`` ending at ``end_micros``
+    (default END_TIME).
 
     Event ``i`` falls at a random microsecond of the ``i``-th equal slice of the span, so
     the topic is in event-time order (as a live stream would be), to the microsecond.
@@ -174,7 +176,7 @@ def generate_events(
     go to the ``hot_keys`` keys ``u0 .. u<hot_keys-1>`` only.
     """
     rng = np.random.default_rng(seed)
-    start = END_MICROS - span_micros
+    start = end_micros - span_micros
     slice_micros = max(span_micros // max(count, 1), 1)
     base = start + (np.arange(count, dtype=np.int64) * span_micros) // max(count, 1)
     micros = base + rng.integers(0, slice_micros, size=count)
