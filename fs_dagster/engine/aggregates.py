@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F  # noqa: N812
+from pyspark.sql.pandas.types import to_arrow_type
 from pyspark.sql.types import (
     ArrayType,
     BooleanType,
@@ -764,21 +766,41 @@ def point_in_time_aggregates(
     tiles = tile_numbers(tiles, plan) if columnar else tiles.select(*keys, _RES, _TILE, "state")
     tiles = tiles.withColumn(bucket, by_bucket)
     names = [o.name for o in outputs]
+    grouped = population.groupBy(bucket).cogroup(tiles.groupBy(bucket))
+    if columnar:
+        # Arrow in and out: the population's columns pass through untouched, and only
+        # the key columns become pandas objects (to pair keys as the pandas path did).
+        # Through pandas, converting 1M population rows each way cost more than the
+        # windows (mapInPandas of the population alone: 6.3 s against 0.9 s for
+        # mapInArrow, 2 cores, 2026-12-03).
+        time_zone = population.sparkSession.conf.get("spark.sql.session.timeZone") or "UTC"
+        value_types = {
+            f.name: to_arrow_type(f.dataType, timezone=time_zone)
+            for f in result_schema.fields[len(pop_fields) :]
+        }
 
-    def per_bucket(pop: pd.DataFrame, bucket_tiles: pd.DataFrame) -> pd.DataFrame:
-        if columnar:
-            at = pop[pit].to_numpy(dtype="float64", na_value=np.nan)
+        def per_bucket_arrow(pop: pa.Table, bucket_tiles: pa.Table) -> pa.Table:
             found = columnar_window_values(
                 plan,
-                {str(c): bucket_tiles[c] for c in bucket_tiles.columns},
+                {
+                    c: bucket_tiles.column(c).to_pandas()
+                    if c in keys
+                    else _numbers(bucket_tiles, c)
+                    for c in bucket_tiles.column_names
+                },
                 keys,
-                [pop[k] for k in keys],
-                at,
+                [pop.column(k).to_pandas() for k in keys],
+                _numbers(pop, pit, pa.float64()),
             )
-            out = pop.drop(columns=[pit, bucket]).reset_index(drop=True)
+            out = pop.drop_columns([pit, bucket])
             for name in names:
-                out[name] = found[name].array
+                values = pa.array(found[name], type=value_types[name], from_pandas=True)
+                out = out.append_column(name, values)
             return out
+
+        return grouped.applyInArrow(per_bucket_arrow, schema=result_schema)
+
+    def per_bucket(pop: pd.DataFrame, bucket_tiles: pd.DataFrame) -> pd.DataFrame:
         reader = _WindowReader(plan)
         by_key: dict[tuple[Any, ...], dict[tuple[int, int], dict[str, Any]]] = {}
         tile_keys = zip(*[bucket_tiles[k] for k in keys], strict=True)
@@ -812,6 +834,13 @@ def point_in_time_aggregates(
             result[name] = pd.Series(columns[name], index=result.index)
         return result
 
-    grouped_pop = population.groupBy(bucket)
-    grouped_tiles = tiles.groupBy(bucket)
-    return grouped_pop.cogroup(grouped_tiles).applyInPandas(per_bucket, schema=result_schema)
+    return grouped.applyInPandas(per_bucket, schema=result_schema)
+
+
+def _numbers(table: pa.Table, column: str, as_type: pa.DataType | None = None) -> np.ndarray:
+    """A numeric column of ``table`` as one numpy array (nulls as NaN when cast to float)."""
+    values = table.column(column)
+    if as_type is not None:
+        values = values.cast(as_type)
+    numbers: np.ndarray = values.to_numpy()
+    return numbers
