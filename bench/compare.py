@@ -80,7 +80,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bench.compare")
 
 HOST = "127.0.0.1"
-SCENARIOS = ("pit", "online", "agg", "aggpit", "fresh")
+SCENARIOS = ("pit", "online", "agg", "aggpit", "aggdense", "fresh")
 #: Feature rows' event times are in [START, END): 30 whole days, as backfill ranges are.
 START = datetime(2026, 1, 30, tzinfo=UTC)
 END = START + timedelta(days=30)
@@ -887,18 +887,33 @@ def check_tumbling(
 
 def scenario_aggpit(ctx: Context) -> dict[str, Any]:
     """Aggregated point in time to pandas: fs-dagster's read of its offline tiles against
-    a hand-written DuckDB query over the raw feature rows, every value compared."""
+    a hand-written DuckDB query over the raw feature rows, every value compared; ``agg``'s
+    events and keys (3 events per key at the default scales)."""
+    return aggregated_point_in_time(ctx, "aggpit", agg_config(ctx.cfg))
+
+
+def scenario_aggdense(ctx: Context) -> dict[str, Any]:
+    """``aggpit`` with the same events over a hundredth of the keys (300 events per key at
+    the default scales): a window then holds hundreds of a key's events, which the raw-row
+    query pairs with every population row of the key, and fs-dagster's tiles do not grow
+    with (at most 1,440 per rung and window)."""
+    acfg = agg_config(ctx.cfg)
+    return aggregated_point_in_time(ctx, "aggdense", replace(acfg, keys=max(acfg.keys // 100, 1)))
+
+
+def aggregated_point_in_time(ctx: Context, name: str, acfg: agg.BenchConfig) -> dict[str, Any]:
+    """The aggregated point-in-time read of ``acfg``'s events, both sides, every value
+    compared (``aggpit`` and ``aggdense``)."""
     cfg, scale = ctx.cfg, ctx.cfg.sizes
-    acfg = agg_config(cfg)
-    topic = f"fs-bench-{ctx.run_id}-aggpit"
-    workdir = ctx.workdir / "aggpit"
+    topic = f"fs-bench-{ctx.run_id}-{name}"
+    workdir = ctx.workdir / name
     events = agg.generate_events(acfg.events, acfg.keys, acfg.span_micros, acfg.seed)
     feature_set = agg.aggregated_feature_set(
-        f"cmpaggpit-{ctx.run_id}", topic, acfg, max_offsets_per_trigger=acfg.max_offsets_per_trigger
+        f"cmp{name}-{ctx.run_id}", topic, acfg, max_offsets_per_trigger=acfg.max_offsets_per_trigger
     )
     try:
         create_topic(cfg.bootstrap, topic, acfg.partitions)
-        log.info("aggpit: preloading %d events, offline ingestion (setup)", acfg.events)
+        log.info("%s: preloading %d events, offline ingestion (setup)", name, acfg.events)
         agg.preload(cfg.bootstrap, topic, events)
         offline_seconds = agg.offline_rows(ctx.spark, feature_set, workdir, acfg.run_timeout)
     finally:
@@ -925,7 +940,7 @@ def scenario_aggpit(ctx: Context) -> dict[str, Any]:
         }
     )
     outputs = agg.outputs_of(feature_set)
-    log.info("aggpit: fs-dagster, %d population rows to pandas", scale.population)
+    log.info("%s: fs-dagster, %d population rows to pandas", name, scale.population)
     ctx.memory.reset()
     load_before = os.getloadavg()[0]
     began = time.perf_counter()
@@ -933,7 +948,7 @@ def scenario_aggpit(ctx: Context) -> dict[str, Any]:
     fs_seconds = time.perf_counter() - began
     ctx.memory.sample()
     peak = ctx.memory.peak_bytes
-    log.info("aggpit: DuckDB SQL over the raw feature rows")
+    log.info("%s: DuckDB SQL over the raw feature rows", name)
     features_path = storage_plan(feature_set, workdir).features_path
     peer_load = os.getloadavg()[0]
     began = time.perf_counter()
@@ -1180,7 +1195,7 @@ def bench_spark(cfg: Config) -> SparkSession:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Set up the peers, run the scenarios asked for and return the result document."""
-    if {"agg", "aggpit", "fresh"} & set(cfg.only):
+    if {"agg", "aggpit", "aggdense", "fresh"} & set(cfg.only):
         check_services(cfg.bootstrap, HOST, cfg.cassandra_port)
     envs = {"feast"} if {"pit", "online"} & set(cfg.only) else set()
     if "agg" in cfg.only:
@@ -1216,6 +1231,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "online": scenario_online,
         "agg": scenario_agg,
         "aggpit": scenario_aggpit,
+        "aggdense": scenario_aggdense,
         "fresh": scenario_fresh,
     }
     try:
@@ -1349,20 +1365,23 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                         load=reads["load_average_before"],
                     )
                 )
-    aggpit = scenarios.get("aggpit", {})
-    if "fs-dagster" in aggpit:
-        fs_side = aggpit["fs-dagster"]
-        rows.append(
-            _row(
-                f"pit agg 3x5, {aggpit['population_rows']:,} x {aggpit['events']:,} ev -> pandas",
-                "s",
-                True,
-                fs_side["seconds"],
-                {"duckdb-sql": aggpit["duckdb-sql"]["seconds"]},
-                peak=fs_side["peak_memory_bytes"],
-                load=fs_side["load_average_before"],
+    for name in ("aggpit", "aggdense"):
+        aggpit = scenarios.get(name, {})
+        if "fs-dagster" in aggpit:
+            fs_side = aggpit["fs-dagster"]
+            per_key = aggpit["events"] // max(aggpit["keys"], 1)
+            rows.append(
+                _row(
+                    f"pit agg 3x5, {aggpit['population_rows']:,} x {aggpit['events']:,} ev, "
+                    f"{per_key:,} ev/key -> pandas",
+                    "s",
+                    True,
+                    fs_side["seconds"],
+                    {"duckdb-sql": aggpit["duckdb-sql"]["seconds"]},
+                    peak=fs_side["peak_memory_bytes"],
+                    load=fs_side["load_average_before"],
+                )
             )
-        )
     fresh = scenarios.get("fresh", {})
     if "throughput" in fresh:
         tp, fr = fresh["throughput"], fresh["freshness"]
@@ -1455,14 +1474,15 @@ def check_lines(results: dict[str, Any]) -> list[str]:
                 f"agg {side}: {c['values_equal']:,} of {c['values_compared']:,} tumbling-window "
                 "values equal to the raw-event oracle"
             )
-    aggpit = scenarios.get("aggpit", {})
-    if "check" in aggpit:
-        c = aggpit["check"]
-        lines.append(
-            f"pit agg: {c['rows']:,} rows of {c['population_rows']:,} ({c['missing_rows']:,} "
-            f"missing); {c['values_equal']:,} of {c['values_compared']:,} window values equal "
-            "to the DuckDB SQL peer's (raw rows, the README's window bounds)"
-        )
+    for name in ("aggpit", "aggdense"):
+        aggpit = scenarios.get(name, {})
+        if "check" in aggpit:
+            c = aggpit["check"]
+            lines.append(
+                f"{name}: {c['rows']:,} rows of {c['population_rows']:,} ({c['missing_rows']:,} "
+                f"missing); {c['values_equal']:,} of {c['values_compared']:,} window values "
+                "equal to the DuckDB SQL peer's (raw rows, the README's window bounds)"
+            )
     fresh = scenarios.get("fresh", {})
     if "freshness" in fresh:
         fr = fresh["freshness"]
@@ -1512,13 +1532,14 @@ def all_checks_pass(results: dict[str, Any]) -> bool:
             ok = ok and verdict(side, values["check"]) != "DIFFERS"
     for c in scenarios.get("online", {}).get("check", {}).values():
         ok = ok and c["values_equal"] == c["values_compared"]
-    aggpit = scenarios.get("aggpit", {}).get("check")
-    if aggpit is not None:
-        ok = (
-            ok
-            and aggpit["values_equal"] == aggpit["values_compared"]
-            and not aggpit["missing_rows"]
-        )
+    for name in ("aggpit", "aggdense"):
+        aggpit = scenarios.get(name, {}).get("check")
+        if aggpit is not None:
+            ok = (
+                ok
+                and aggpit["values_equal"] == aggpit["values_compared"]
+                and not aggpit["missing_rows"]
+            )
     checks = scenarios.get("agg", {}).get("check", {})
     for side in ("fs-dagster", "quix"):
         if side in checks:
