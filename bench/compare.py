@@ -490,6 +490,14 @@ def scenario_pit(ctx: Context) -> dict[str, Any]:
     }
 
 
+def in_own_process(
+    function: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]
+) -> dict[str, Any]:
+    """``function(spec)`` in a fresh (spawned) process; its result."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(function, spec).result()
+
+
 def reads_in_own_process(
     reads: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]
 ) -> dict[str, Any]:
@@ -499,8 +507,7 @@ def reads_in_own_process(
     0.10-0.12 ms alone, 2026-12-03). Each request size's figures get the load averages
     around the run."""
     load_before = os.getloadavg()[0]
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        results: dict[str, Any] = pool.submit(reads, spec).result()
+    results = in_own_process(reads, spec)
     for size in results.values():
         size["load_average_before"] = load_before
         size["load_average_after"] = os.getloadavg()[0]
@@ -1078,9 +1085,7 @@ def scenario_fresh(ctx: Context) -> dict[str, Any]:
     process it included the heap the point-in-time scenarios had grown (2.07-2.25 GiB
     there against 1.33-1.79 GiB with ``--only fresh``, 2026-12-02/03)."""
     spec = {"cfg": ctx.cfg, "workdir": ctx.workdir, "run_id": ctx.run_id}
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        result: dict[str, Any] = pool.submit(_fresh_in_own_process, spec).result()
-    return result
+    return in_own_process(_fresh_in_own_process, spec)
 
 
 def _fresh_in_own_process(spec: dict[str, Any]) -> dict[str, Any]:
