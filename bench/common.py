@@ -26,6 +26,8 @@ from fs_dagster.planning.plan import StoragePlan
 if TYPE_CHECKING:
     from pyspark.sql.streaming.query import StreamingQuery
 
+    from fs_dagster.aggregation.plan import AggregationPlan
+
 REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench")
@@ -234,6 +236,56 @@ def cassandra_cluster(host: str, port: int) -> Any:
 
 def cassandra_session(host: str, port: int) -> Any:
     return cassandra_cluster(host, port).connect()
+
+
+class BareTileSlice:
+    """The tile slice requests of an aggregated online read from a Cassandra store, made
+    through the bare driver on the store's own connection: the floor of that read (the
+    requests and their rows; no window code, no frame).
+
+    The same query as the store's, its key list in requests of ``keys_per_request`` keys
+    (the store's grouping on one node), all in flight together when there are several.
+    """
+
+    def __init__(
+        self, store: fs.CassandraOnlineStore, plan: AggregationPlan, keys_per_request: int = 10
+    ) -> None:
+        *prefix, last = plan.tile_table.key_names
+        if prefix:
+            raise ValueError("BareTileSlice: one key column only")
+        self.plan = plan
+        self.keys_per_request = keys_per_request
+        self.session = store._session()  # the store's connection: the same driver settings
+        table = f'"{store.keyspace}"."{plan.tile_table.name}"'
+        self.statement = self.session.prepare(
+            f'SELECT "{last}", resolution, tile_start, version, state FROM {table} '
+            f'WHERE "{last}" IN ? AND (resolution, tile_start) >= (?, ?) '
+            "AND (resolution, tile_start) <= (?, ?)"
+        )
+
+    def bounds(self, at_micros: int) -> tuple[int, int, int, int]:
+        """The slice of a read at ``at_micros``: the finest rung's first tile to the
+        coarsest rung's last."""
+        from fs_dagster.aggregation.tiles import read_spans
+
+        spans = sorted(
+            (r.resolution, r.first, r.last)
+            for r in read_spans(tuple(self.plan.window_seconds), at_micros, self.plan.resolutions)
+        )
+        return (*spans[0][:2], spans[-1][0], spans[-1][2])
+
+    def read(self, keys: Sequence[Any], bounds: tuple[int, int, int, int]) -> int:
+        """Rows of ``keys``' tiles within ``bounds``, every row fetched."""
+        from cassandra.concurrent import execute_concurrent
+
+        step = self.keys_per_request
+        args = [(list(keys[i : i + step]), *bounds) for i in range(0, len(keys), step)]
+        if len(args) == 1:
+            return len(list(self.session.execute(self.statement, args[0])))
+        results = execute_concurrent(
+            self.session, [(self.statement, a) for a in args], raise_on_first_error=True
+        )
+        return sum(len(list(rows)) for _ok, rows in results)
 
 
 def drop_keyspace(host: str, port: int, keyspace: str) -> None:

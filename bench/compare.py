@@ -56,6 +56,7 @@ from bench import aggregations as agg
 from bench import online_ingestion as oi
 from bench.common import (
     REPO,
+    BareTileSlice,
     PeakMemory,
     check_services,
     create_topic,
@@ -806,27 +807,40 @@ def aggregated_reads(
 
 
 def _aggregated_reads(spec: dict[str, Any]) -> dict[str, Any]:
+    """The timed reads of :func:`aggregated_reads`, each followed by the same keys' tile
+    slice through the bare driver (:class:`~bench.common.BareTileSlice`): the floor of the
+    read on this machine, measured beside it."""
     name, topic, acfg = spec["rebuild"]
     feature_set = agg.aggregated_feature_set(
         name, topic, acfg, max_offsets_per_trigger=acfg.max_offsets_per_trigger
     )
+    store = fs.CassandraOnlineStore(hosts=[HOST], port=spec["port"], keyspace=spec["keyspace"])
     client = fs.FeatureStore(
-        online_store=fs.CassandraOnlineStore(
-            hosts=[HOST], port=spec["port"], keyspace=spec["keyspace"]
-        ),
-        offline_root=spec["offline_root"],
-        feature_sets=[feature_set],
+        online_store=store, offline_root=spec["offline_root"], feature_sets=[feature_set]
     )
     at = EPOCH + timedelta(microseconds=spec["at_micros"])
+    bare = BareTileSlice(store, client._aggregation_plan(feature_set))  # a diagnostic
+    bounds = bare.bounds(spec["at_micros"])
     results: dict[str, Any] = {}
     for size, batches in spec["requests"].items():
         times: list[float] = []
+        bare_times: list[float] = []
+        bare_rows = 0
         for index, batch in enumerate(batches):
             began = time.perf_counter()
             client.get_online_features(feature_set, batch, at=at)
+            elapsed = time.perf_counter() - began
+            began = time.perf_counter()
+            rows = bare.read(batch, bounds)
+            bare_elapsed = time.perf_counter() - began
             if index >= spec["warmup"]:
-                times.append(time.perf_counter() - began)
-        results[size] = latency(times)
+                times.append(elapsed)
+                bare_times.append(bare_elapsed)
+                bare_rows += rows
+        results[size] = {
+            **latency(times),
+            "bare_driver": {**latency(bare_times), "tile_rows": bare_rows},
+        }
     return results
 
 
@@ -1265,7 +1279,15 @@ def run(cfg: Config) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- table
 
-PEERS = ("feast-duckdb", "feast-file", "duckdb-asof", "feast-sqlite", "quix", "duckdb-sql")
+PEERS = (
+    "feast-duckdb",
+    "feast-file",
+    "duckdb-asof",
+    "feast-sqlite",
+    "quix",
+    "duckdb-sql",
+    "bare-driver",
+)
 HEADERS = ["scenario", "unit", "better", "fs-dagster", *PEERS, "ratio", "fs peak GiB", "load"]
 
 
@@ -1365,7 +1387,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                         "ms",
                         True,
                         reads[f"{q}_ms"],
-                        {},
+                        {"bare-driver": reads["bare_driver"][f"{q}_ms"]},
                         peak=None,
                         load=reads["load_average_before"],
                     )

@@ -59,6 +59,7 @@ from pyspark.sql.types import DoubleType, LongType, StringType, StructField, Str
 import fs_dagster as fs
 from bench.aggregations import FUNCTIONS, WINDOWS
 from bench.common import (
+    BareTileSlice,
     PeakMemory,
     drop_keyspace,
     fmt,
@@ -330,31 +331,15 @@ def online_reads(
     store: fs.CassandraOnlineStore, plan: AggregationPlan, keys: Sequence[str], cfg: Config
 ) -> dict[str, Any]:
     """One-key aggregated online reads at the current time, each beside the bare driver's
-    slice query of one key's tiles; latencies in milliseconds."""
-    from fs_dagster.aggregation.tiles import read_spans
-
+    slice query of one key's tiles (:class:`~bench.common.BareTileSlice`); latencies in
+    milliseconds."""
     rng = random.Random(cfg.seed + 1)
     client = fs.FeatureStore(
         online_store=store,
         offline_root=tempfile.mkdtemp(prefix="bench-tile-store-"),
         feature_sets=[plan.feature_set],
     )
-    session = store._session()  # the store's own connection: the same driver settings
-    table = f'"{store.keyspace}"."{plan.tile_table.name}"'
-    bare = session.prepare(
-        f'SELECT "user_id", resolution, tile_start, version, state FROM {table} '
-        'WHERE "user_id" = ? AND (resolution, tile_start) >= (?, ?) '
-        "AND (resolution, tile_start) <= (?, ?)"
-    )
-
-    def slice_bounds() -> tuple[int, int, int, int]:
-        now = int(time.time() * 1_000_000)
-        spans = sorted(
-            (r.resolution, r.first, r.last)
-            for r in read_spans(tuple(plan.window_seconds), now, plan.resolutions)
-        )
-        return (*spans[0][:2], spans[-1][0], spans[-1][2])
-
+    bare = BareTileSlice(store, plan)
     wrong = 0
     read_s: list[float] = []
     bare_s: list[float] = []
@@ -365,10 +350,11 @@ def online_reads(
         frame = client.get_online_features(plan.feature_set, [key])
         elapsed = time.perf_counter() - began
         wrong += len(frame) != 1 or frame["user_id"].iloc[0] != key
-        bounds = slice_bounds()  # outside the timing: the read computes its own
+        # The bounds outside the timing: the read computes its own.
+        bounds = bare.bounds(int(time.time() * 1_000_000))
         other = rng.choice(keys)
         began = time.perf_counter()
-        list(session.execute(bare, (other, *bounds)))
+        bare.read([other], bounds)
         bare_elapsed = time.perf_counter() - began
         if number >= warmup:
             read_s.append(elapsed)
