@@ -20,7 +20,7 @@ So the window is exact to the second at its recent end and its far end sits on a
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -88,6 +88,14 @@ def decompose(start: int, end: int, resolutions: Sequence[int] = LADDER) -> list
     return tiles
 
 
+@lru_cache(maxsize=64)
+def _parents(resolutions: tuple[int, ...]) -> Mapping[int, int | None]:
+    """Each rung of ``resolutions``, finest first, with the next coarser one (a read
+    indexes hundreds of keys' tiles over the same rungs)."""
+    ordered = sorted(resolutions)
+    return {r: next((c for c in ordered if c > r), None) for r in ordered}
+
+
 class TileIndex:
     """The tiles stored for one key, to find those :func:`decompose` picks for a window.
 
@@ -99,13 +107,12 @@ class TileIndex:
     """
 
     def __init__(self, tiles: Iterable[tuple[int, int]], resolutions: Sequence[int]) -> None:
-        ordered = sorted(resolutions)
-        starts: dict[int, list[int]] = {r: [] for r in ordered}
+        self._parent = _parents(tuple(resolutions))
+        starts: dict[int, list[int]] = {r: [] for r in self._parent}
         for resolution, start in tiles:
             if resolution in starts:  # a rung the windows no longer use is never read
                 starts[resolution].append(start)
         self._starts = {r: sorted(s) for r, s in starts.items() if s}
-        self._parent = {r: next((c for c in ordered if c > r), None) for r in ordered}
 
     def covering(self, start: int, end: int) -> list[tuple[int, int]]:
         """The stored tiles among ``decompose(start, end)``'s, as ``(resolution, start)``."""

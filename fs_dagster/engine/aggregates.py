@@ -554,6 +554,8 @@ class _WindowReader:
             (o.name, o.spec, o.window.seconds, plan.column_kinds[o.spec.column])
             for o in plan.outputs
         ]
+        # Each window's bounds at the last read time, as one value (read and set whole).
+        self._bounds: tuple[int | None, list[tuple[int, int, int]]] = (None, [])
 
     def raw_values(
         self,
@@ -562,9 +564,12 @@ class _WindowReader:
         at_micros: int,
     ) -> dict[str, Any]:
         """Every feature at ``at_micros`` as states hold values (timestamps in micros)."""
+        cached_at, bounds = self._bounds
+        if at_micros != cached_at:  # the keys of one read share them
+            bounds = [(w, *window_bounds(w, at_micros)) for w in self.windows]
+            self._bounds = (at_micros, bounds)
         merged: dict[int, dict[str, Any]] = {}
-        for window in self.windows:
-            start, end = window_bounds(window, at_micros)
+        for window, start, end in bounds:
             merged[window] = merge_states(
                 self.states, [tiles[tile] for tile in index.covering(start, end)]
             )

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -169,9 +169,9 @@ class TileTable:
         return [c.name for c in self.keys]
 
 
-@dataclass(frozen=True)
-class StoredTile:
-    """A tile as stored: resolution and start (seconds), version and state JSON."""
+class StoredTile(NamedTuple):
+    """A tile as stored: resolution and start (seconds), version and state JSON (a named
+    tuple: reads build thousands of them from the driver's row tuples)."""
 
     resolution: int
     start: int

@@ -44,6 +44,11 @@ _KEYS_PER_REQUEST = 10
 _BATCH_BYTES = 4096
 _ROW_BYTES = 100
 _VALUE_BYTES = 16
+#: Key value types whose equality in Python is equality of their serialized forms: a
+#: returned row whose key values are of these types and equal to a requested key belongs
+#: to that key, without serializing its values again (``bool`` is not among them: True
+#: equals 1; floats are not: Cassandra returns a ``float`` column as another value).
+_EXACT_KEY_TYPES = (str, int)
 
 _CQL_TYPES: dict[ColumnKind, str] = {
     "string": "text",
@@ -398,7 +403,7 @@ class CassandraOnlineStore(OnlineStore):
             for key, row in self._rows_by_key(table, group, result):
                 first, last = bounds.get(row[width], (1, 0))
                 if first <= row[width + 1] <= last:
-                    found.setdefault(key, []).append(StoredTile(*row[width:]))
+                    found.setdefault(key, []).append(StoredTile._make(row[width:]))
         return [found.get(tuple(key), []) for key in keys]
 
     def read_tile_versions(
@@ -430,7 +435,7 @@ class CassandraOnlineStore(OnlineStore):
         width = len(table.keys)
         for (group, _args), (_ok, result) in zip(requests, results, strict=True):
             for key, row in self._rows_by_key(table, group, result):
-                found[(key, row[width], row[width + 1])] = StoredTile(*row[width:])
+                found[(key, row[width], row[width + 1])] = StoredTile._make(row[width:])
         return [found.get((tuple(key), resolution, start)) for key, resolution, start in tiles]
 
     def write_tiles(self, table: TileTable, writes: Sequence[TileWrite]) -> int:
@@ -547,8 +552,7 @@ class CassandraOnlineStore(OnlineStore):
         buckets: dict[tuple[Any, ...], list[tuple[bytes, tuple[Any, ...]]]] = {}
         for key in keys:
             serialized = routing.bind(key).routing_key
-            replicas = metadata.get_replicas(self.keyspace, serialized)
-            hosts = tuple(sorted(str(host.endpoint) for host in replicas))
+            hosts = frozenset(metadata.get_replicas(self.keyspace, serialized))
             bucket = (hosts, key[:-1] if same_prefix else ())
             buckets.setdefault(bucket, []).append((serialized, key))
         return [
@@ -571,18 +575,24 @@ class CassandraOnlineStore(OnlineStore):
     ) -> Iterable[tuple[tuple[Any, ...], Any]]:
         """Each row of a multi-key read with the requested key it belongs to.
 
-        Rows are matched by serialized partition key, not by value: a ``float`` or ``date``
-        key comes back as another Python value than the one asked for.
+        Rows are matched by value where the key's values are of exact types (strings and
+        integers, the usual keys), else by serialized partition key: a ``float`` or
+        ``date`` key comes back as another Python value than the one asked for.
         """
-        routing = self._routing(table)
         width = len(table.keys)
+        by_value = {
+            key: key for key in group.values() if all(type(v) in _EXACT_KEY_TYPES for v in key)
+        }
+        routing = self._routing(table)
         previous: tuple[Any, ...] | None = None
         owner: tuple[Any, ...] | None = None
         for row in result:
-            values = tuple(row[:width])
+            values = row[:width]  # rows are tuples (the session's row factory)
             if values != previous:  # a partition's rows come together
                 previous = values
-                owner = group.get(routing.bind(values).routing_key)
+                owner = by_value.get(values)
+                if owner is None:
+                    owner = group.get(routing.bind(values).routing_key)
             if owner is not None:
                 yield owner, row
 
