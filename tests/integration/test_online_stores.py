@@ -179,13 +179,21 @@ TILE_KEYS = {
     # Keys that share every column but the last, and a float that Cassandra returns as
     # another Python value than the one written (float32).
     "composite-float": (OnlineColumn("region", "string"), OnlineColumn("score", "float")),
+    # Strings and integers come back as the values asked for (rows matched by value).
+    "composite-long": (OnlineColumn("region", "string"), OnlineColumn("shard", "long")),
 }
 
 
 def tile_keys(kind: str) -> list[tuple[Any, ...]]:
     if kind == "string":
         return [(f"u{i}",) for i in range(37)]
+    if kind == "composite-long":
+        return [(region, i * 7) for region in ("eu", "us", "apac") for i in range(13)]
     return [(region, i / 10 + 0.1) for region in ("eu", "us", "apac") for i in range(13)]
+
+
+#: A key of each kind with nothing stored.
+NOBODY = {"string": ("nobody",), "composite-float": ("eu", 99.5), "composite-long": ("eu", 1)}
 
 
 @pytest.mark.parametrize("kind", list(TILE_KEYS))
@@ -222,7 +230,7 @@ def test_tiles_of_many_keys(store: OnlineStore, kind: str) -> None:
     assert store.read_tile_versions(table, wanted) == [stored.get(w) for w in wanted]
 
     ranges = [(60, 1_772_366_400 + 60, 1_772_366_400 + 120), (3600, 1_772_366_400, 1_772_370_000)]
-    shuffled = [*keys[::-1], ("nobody",) if kind == "string" else ("eu", 99.5)]
+    shuffled = [*keys[::-1], NOBODY[kind]]
     per_key = store.read_tiles_for_keys(table, shuffled, ranges)
     for key, tiles in zip(shuffled, per_key, strict=True):
         expected = [

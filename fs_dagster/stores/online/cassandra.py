@@ -587,10 +587,10 @@ class CassandraOnlineStore(OnlineStore):
         previous: tuple[Any, ...] | None = None
         owner: tuple[Any, ...] | None = None
         for row in result:
-            values = row[:width]  # rows are tuples (the session's row factory)
+            values = row[:width]
             if values != previous:  # a partition's rows come together
                 previous = values
-                owner = by_value.get(values)
+                owner = by_value.get(tuple(values))
                 if owner is None:
                     owner = group.get(routing.bind(values).routing_key)
             if owner is not None:
