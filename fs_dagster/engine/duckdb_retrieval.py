@@ -296,7 +296,7 @@ def duckdb_point_in_time_aggregates(
         population: rows with the key columns and ``point_in_time_column``.
         point_in_time_column: the population's time column: datetimes (naive values are
             UTC).
-        threads: DuckDB threads; DuckDB's default (all cores) when ``None``.
+        threads: DuckDB threads, and windows evaluated at once; all cores when ``None``.
 
     Returns:
         The population's columns as given, then the features in definition order (with
@@ -362,6 +362,7 @@ def duckdb_point_in_time_aggregates(
         keys,
         [population[k] for k in keys],
         at_micros,
+        threads=threads or os.cpu_count() or 1,
     )
     column_types = {c: spark_type(k) for c, k in plan.column_kinds.items()}
     values = pa.table(

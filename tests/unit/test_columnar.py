@@ -13,6 +13,7 @@ import pytest
 
 import fs_dagster as fs
 from fs_dagster import Aggregation
+from fs_dagster.aggregation import columnar
 from fs_dagster.aggregation.columnar import (
     columnar_supported,
     columnar_window_values,
@@ -182,7 +183,14 @@ def _numbers_by_hand(tiles: pd.DataFrame, merge: bool = True) -> dict[str, np.nd
     [*((s, T) for s in range(12)), (12, 0), (13, 3_600), (14, -500_000_000)],
     ids=[*(f"seed{s}" for s in range(12)), "at-the-epoch", "just-after-it", "1954"],
 )
-def test_columnar_values_equal_row_by_row(seed: int, end: int, merge: bool) -> None:
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "chunks-on-threads"])
+def test_columnar_values_equal_row_by_row(
+    seed: int, end: int, merge: bool, chunked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = 1
+    if chunked:  # reads a few at a time, on two threads
+        monkeypatch.setattr(columnar, "_READS_PER_CHUNK", 7)
+        threads = 2
     rng = random.Random(seed)
     keys = [f"k{i}" for i in range(rng.randrange(1, 6))]
     tiles = _partials(NUMERIC, _events(rng, keys, end), rng)
@@ -201,7 +209,7 @@ def test_columnar_values_equal_row_by_row(seed: int, end: int, merge: bool) -> N
             "state"
         }
     got = columnar_window_values(
-        NUMERIC, merged, ["user_id"], [pd.Series(population_keys)], np.array(at)
+        NUMERIC, merged, ["user_id"], [pd.Series(population_keys)], np.array(at), threads=threads
     )
     want = _row_by_row(NUMERIC, tiles, population_keys, at)
     assert len(got) == len(NUMERIC.outputs)
