@@ -25,7 +25,7 @@ import pandas as pd
 
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.aggregation.states import state_kind
-from fs_dagster.aggregation.tiles import edge_resolution
+from fs_dagster.aggregation.tiles import edge_resolution, rung_parents
 from fs_dagster.definitions.aggregations import AggregateSpec
 
 __all__ = [
@@ -236,8 +236,7 @@ def _window_values(
     rows = len(at_micros)
     known = ~np.isnan(at_micros)
     at_seconds = np.where(known, at_micros, 0).astype(np.int64) // 1_000_000
-    ladder = sorted(plan.resolutions)
-    parents: dict[int, int | None] = {r: next((c for c in ladder if c > r), None) for r in ladder}
+    parents = rung_parents(tuple(plan.resolutions))
     _check_seconds(at_seconds[known], "read times")
     base = (row_ids.astype(np.int64) << _START_BITS) + _START_OFFSET
     # A missing key (code -1) must find no tile: push its positions below every tile.
@@ -265,7 +264,7 @@ def _window_values(
         window: int,
         base: np.ndarray,
         highs: np.ndarray,
-        after_parents: Mapping[int, Mapping[str, np.ndarray]],
+        after: Mapping[int, Mapping[str, np.ndarray]],
     ) -> dict[str, np.ndarray]:
         """Every state column reduced over ``window`` for each of these reads."""
         edge = edge_resolution(window)
@@ -287,7 +286,7 @@ def _window_values(
             split = first_whole <= last_whole
             before = base + np.where(split, first_whole, highs) - resolution
             rung.add(totals, rung.reduce(base + lows, before))
-            rung.add(totals, after_parents[resolution], where=split)
+            rung.add(totals, after[resolution], where=split)
         return totals
 
     def after_parents(base: np.ndarray, highs: np.ndarray) -> dict[int, dict[str, np.ndarray]]:

@@ -89,9 +89,10 @@ def decompose(start: int, end: int, resolutions: Sequence[int] = LADDER) -> list
 
 
 @lru_cache(maxsize=64)
-def _parents(resolutions: tuple[int, ...]) -> Mapping[int, int | None]:
-    """Each rung of ``resolutions``, finest first, with the next coarser one (a read
-    indexes hundreds of keys' tiles over the same rungs)."""
+def rung_parents(resolutions: tuple[int, ...]) -> Mapping[int, int | None]:
+    """Each rung of ``resolutions``, finest first, with the next coarser one (``None``
+    for the coarsest); computed once per ladder (a read indexes hundreds of keys' tiles
+    over the same rungs)."""
     ordered = sorted(resolutions)
     return {r: next((c for c in ordered if c > r), None) for r in ordered}
 
@@ -107,7 +108,7 @@ class TileIndex:
     """
 
     def __init__(self, tiles: Iterable[tuple[int, int]], resolutions: Sequence[int]) -> None:
-        self._parent = _parents(tuple(resolutions))
+        self._parent = rung_parents(tuple(resolutions))
         starts: dict[int, list[int]] = {r: [] for r in self._parent}
         for resolution, start in tiles:
             if resolution in starts:  # a rung the windows no longer use is never read
