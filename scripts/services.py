@@ -90,6 +90,7 @@ DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 FETCH_LOGIC_VERSION = "1"
 
 STOP_TIMEOUT_S = 30.0
+STARTUP_RESTARTS = 1
 LOG_TAIL_LINES = 20
 LOG_ROTATE_BYTES = 50_000_000  # at start, a bigger log moves to <name>.log.1
 
@@ -1166,6 +1167,41 @@ class Pending:
     pid: int
     started: float
     deadline: float
+    # A process that dies before it is ready is started once more: a JVM killed in its
+    # first seconds (seen once in CI, Kafka with no output at all) usually starts fine
+    # the second time, and the first exit is reported either way.
+    restarts_left: int = STARTUP_RESTARTS
+
+
+def exit_status(pid: int) -> str:
+    """How a child that is gone ended: its exit code or signal, when we can reap it."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "exit status unknown: not our child"
+    if reaped == 0:
+        return "exit status unknown: still a process"
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by {name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def crash_reports(layout: Layout, since: float) -> str:
+    """The head of each JVM crash report (hs_err_pid*.log) written in the service's
+    directory since ``since`` (seconds since the epoch)."""
+    parts = []
+    for report in sorted(layout.home.glob("hs_err_pid*.log")):
+        with contextlib.suppress(OSError):
+            if report.stat().st_mtime < since:
+                continue
+            head = report.read_text(errors="replace").splitlines()[:LOG_TAIL_LINES]
+            parts.append(f"  JVM crash report {report}:\n" + "\n".join(f"    {x}" for x in head))
+    return "\n".join(parts)
 
 
 def fail_message(pending: Pending, reason: str) -> str:
@@ -1182,7 +1218,20 @@ def check_ready(pending: Pending, ports: Ports) -> bool:
     spec, layout = pending.service, pending.layout
     if not pid_is_ours(pending.pid, layout):
         layout.pid_file.unlink(missing_ok=True)
-        raise ServiceError(fail_message(pending, "the process exited during startup"))
+        reason = f"the process exited during startup ({exit_status(pending.pid)})"
+        report = crash_reports(layout, time.time() - (time.monotonic() - pending.started))
+        if pending.restarts_left <= 0:
+            raise ServiceError(fail_message(pending, reason) + (f"\n{report}" if report else ""))
+        say(f"{spec.name}: {reason}; starting it once more (log {layout.log})")
+        if report:
+            say(report)
+        command = spec.prepare(layout, ports)
+        pending.pid = spawn(layout, command, spec.env() if spec.env else None)
+        pending.started = time.monotonic()
+        pending.deadline = pending.started + spec.timeout()
+        pending.restarts_left -= 1
+        say(f"{spec.name}: started (pid {pending.pid}), log {layout.log}")
+        return False
     if spec.probe(ports):
         if spec.after_ready is not None:
             spec.after_ready(layout, ports)
