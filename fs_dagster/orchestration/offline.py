@@ -11,6 +11,7 @@ from dagster import (
     ScheduleDefinition,
     asset,
     define_asset_job,
+    in_process_executor,
 )
 from dagster_pyspark import LazyPySparkResource
 
@@ -123,6 +124,9 @@ def build_offline_schedule(
     job = define_asset_job(
         offline_job_name(feature_set),
         selection=[offline_asset_key(feature_set)],
+        # One step and its Spark driver, in the run's own process: no step process
+        # to start (about 9 s of a run's start on 2 cores), one Python process less.
+        executor_def=in_process_executor,
         tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "offline"},
     )
     return ScheduleDefinition(

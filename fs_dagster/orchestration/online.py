@@ -35,6 +35,7 @@ from dagster import (
     SensorResult,
     SkipReason,
     define_asset_job,
+    in_process_executor,
     multi_asset,
     sensor,
 )
@@ -322,6 +323,9 @@ def build_supervisor_sensor(
             job_name,
             selection=[online_asset_key(feature_set)],
             description=f"Runs online ingestion of '{feature_set.name}' until stopped.",
+            # One step and its Spark driver, in the run's own process: no step process
+            # to start (about 9 s of a run's start on 2 cores), one Python process less.
+            executor_def=in_process_executor,
             tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
         ),
         minimum_interval_seconds=minimum_interval_seconds,

@@ -28,6 +28,7 @@ from dagster import (
     asset,
     build_schedule_from_partitioned_job,
     define_asset_job,
+    in_process_executor,
 )
 from dagster_pyspark import LazyPySparkResource
 
@@ -194,6 +195,9 @@ def build_batch_schedule(
         offline_job_name(feature_set),
         selection=[offline_asset_key(feature_set)],
         partitions_def=_batch_partitions(feature_set),
+        # One step and its Spark driver, in the run's own process: no step process
+        # to start (about 9 s of a run's start on 2 cores), one Python process less.
+        executor_def=in_process_executor,
         tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "batch"},
     )
     return build_schedule_from_partitioned_job(

@@ -25,7 +25,7 @@ WINDOWS = ("10 seconds", "1m", "1 hour", "1d", "7 days", "30d")
 ALLOWED_LATENESS = "1 hour"
 SUPERVISOR_INTERVAL_SECONDS = 5
 # Well above the ~20 s a run needs from launch to its first heartbeat on a busy 2-core
-# machine (worker, step process, Spark session). A killed run is reported failed by the
+# machine (run worker, Spark session). A killed run is reported failed by the
 # code server within a second; the heartbeat is the sensor's fallback.
 HEARTBEAT_TIMEOUT_SECONDS = 60.0
 

@@ -3,7 +3,7 @@
 ``dagster dev -m tests.dagster.aggregated_project`` serves one aggregated feature set
 over a directory of JSON files. The test turns the supervisor sensor on and writes events
 in files over time; three times, while the run still has files to read, it SIGKILLs the
-online run's whole process tree (run worker, step process, Spark JVM and its Python workers).
+online run's whole process tree (run worker, Spark JVM and its Python workers).
 Only the sensor starts runs. In the end every window value of every key, at several read
 times, must equal a brute-force oracle over the events: none lost, none counted twice.
 """
@@ -158,7 +158,7 @@ def _kill_while_reading(
     worker = dev.run_worker_pid(run["runId"])
     assert worker in {p.pid for p in descendants(dev.process.pid)}, worker
     tree = kill_tree(worker)
-    # The step process and the run's Spark JVM died with the worker.
+    # The run's Spark JVM died with the worker (the step runs in the worker itself).
     assert any(Path(p.command.split()[0]).name == "java" for p in tree), [str(p) for p in tree]
     left = counts()  # before the sensor's next run can add to it
     dev.wait_until(
