@@ -1,13 +1,31 @@
-"""Where the DuckDB offline engine reads from, and how the engine is chosen."""
+"""Where the DuckDB offline engine reads from, how the engine is chosen, and the pandas
+types of its window values."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
+from pyspark.sql.pandas.types import to_arrow_type
+from pyspark.sql.types import (
+    BooleanType,
+    DataType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    TimestampType,
+)
 
 import fs_dagster as fs
-from fs_dagster.engine.duckdb_retrieval import delta_location, s3_settings_from_environment
+from fs_dagster.engine.duckdb_retrieval import (
+    _spark_pandas,
+    _with_features,
+    delta_location,
+    s3_settings_from_environment,
+)
 from fs_dagster.engine.spark_session import S3Settings
 
 pytestmark = pytest.mark.unit
@@ -72,3 +90,66 @@ def test_unknown_engine_is_refused(tmp_path: Path) -> None:
             offline_root=str(tmp_path),
             offline_engine="duck",  # type: ignore[arg-type]
         )
+
+
+def _found_columns(rows: int, seed: int) -> tuple[dict[str, pd.Series], dict[str, DataType]]:
+    """Window values as the column-wise code returns them, with and without nulls."""
+    rng = np.random.default_rng(seed)
+    valid = rng.random(rows) > 0.3
+    longs = rng.integers(-(2**40), 2**40, rows)
+    doubles = rng.normal(size=rows)
+    stamps = pd.Series(pd.to_datetime(rng.integers(0, 2**50, rows), unit="us"))
+    found = {
+        "sum_long": pd.Series(longs),
+        "count_nulls": pd.Series(pd.arrays.IntegerArray(longs, ~valid)),
+        "count_all_valid": pd.Series(pd.arrays.IntegerArray(longs, np.zeros(rows, bool))),
+        "sum_double": pd.Series(doubles),
+        "min_nulls": pd.Series(np.where(valid, doubles, np.nan)),
+        "any_flag": pd.Series(pd.arrays.BooleanArray(doubles > 0, ~valid)),
+        "max_seen": stamps.where(valid),
+        "min_int": pd.Series(pd.arrays.IntegerArray(longs.astype(np.int32), ~valid)),
+    }
+    types: dict[str, DataType] = {
+        "sum_long": LongType(),
+        "count_nulls": LongType(),
+        "count_all_valid": LongType(),
+        "sum_double": DoubleType(),
+        "min_nulls": DoubleType(),
+        "any_flag": BooleanType(),
+        "max_seen": TimestampType(),
+        "min_int": IntegerType(),
+    }
+    return found, types
+
+
+def _through_spark_converter(
+    population: pd.DataFrame, found: dict[str, pd.Series], types: dict[str, DataType]
+) -> pd.DataFrame:
+    """Every column through Arrow and pyspark's converter: what toPandas gives."""
+    table = pa.table(
+        {
+            n: pa.Array.from_pandas(found[n], type=to_arrow_type(t, timezone="UTC"))
+            for n, t in types.items()
+        }
+    )
+    return pd.concat([population.reset_index(drop=True), _spark_pandas(table)], axis=1)
+
+
+@pytest.mark.parametrize("copies", [1, 10], ids=["inserted", "built-in-one-piece"])
+def test_window_values_take_the_types_spark_gives_them(copies: int) -> None:
+    rows = 50
+    found, types = _found_columns(rows, seed=7)
+    found = {f"{n}_{i}": column for i in range(copies) for n, column in found.items()}
+    types = {f"{n}_{i}": t for i in range(copies) for n, t in types.items()}
+    population = pd.DataFrame(
+        {"user_id": [f"u{i % 7}" for i in range(rows)], "label": range(rows)},
+        index=range(100, 100 + rows),
+    )
+    given = population.copy()
+
+    got = _with_features(population.reset_index(drop=True), found, types)
+
+    pd.testing.assert_frame_equal(
+        got, _through_spark_converter(population, found, types), check_exact=True
+    )
+    pd.testing.assert_frame_equal(population, given)  # the caller's frame is untouched
