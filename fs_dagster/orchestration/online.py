@@ -34,8 +34,6 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    define_asset_job,
-    in_process_executor,
     multi_asset,
     sensor,
 )
@@ -54,7 +52,7 @@ from fs_dagster.orchestration.naming import (
     source_asset_key,
     supervisor_sensor_name,
 )
-from fs_dagster.orchestration.offline import feature_set_metadata, owners
+from fs_dagster.orchestration.offline import feature_set_job, feature_set_metadata, owners
 from fs_dagster.orchestration.resources import FeatureStoreResource, run_spark_session
 from fs_dagster.orchestration.sinks import failure_observations, sink_observations
 
@@ -319,14 +317,12 @@ def build_supervisor_sensor(
     @sensor(
         name=supervisor_sensor_name(feature_set),
         # The job materializing the online asset: the sensor shows on that asset.
-        job=define_asset_job(
+        job=feature_set_job(
+            feature_set,
             job_name,
-            selection=[online_asset_key(feature_set)],
+            online_asset_key(feature_set),
+            "online",
             description=f"Runs online ingestion of '{feature_set.name}' until stopped.",
-            # One step and its Spark driver, in the run's own process: no step process
-            # to start (about 9 s of a run's start on 2 cores), one Python process less.
-            executor_def=in_process_executor,
-            tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "online"},
         ),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,

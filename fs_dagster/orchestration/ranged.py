@@ -27,8 +27,6 @@ from dagster import (
     TimeWindowPartitionsDefinition,
     asset,
     build_schedule_from_partitioned_job,
-    define_asset_job,
-    in_process_executor,
 )
 from dagster_pyspark import LazyPySparkResource
 
@@ -43,7 +41,7 @@ from fs_dagster.orchestration.naming import (
     offline_job_name,
     source_asset_key,
 )
-from fs_dagster.orchestration.offline import feature_set_metadata, owners
+from fs_dagster.orchestration.offline import feature_set_job, feature_set_metadata, owners
 from fs_dagster.orchestration.resources import FeatureStoreResource, run_spark_session
 
 __all__ = [
@@ -191,14 +189,12 @@ def build_batch_schedule(
     Returns Dagster's schedule for a partitioned asset job (resolved by ``Definitions``;
     its class is not public, hence ``Any``).
     """
-    job = define_asset_job(
+    job = feature_set_job(
+        feature_set,
         offline_job_name(feature_set),
-        selection=[offline_asset_key(feature_set)],
+        offline_asset_key(feature_set),
+        "batch",
         partitions_def=_batch_partitions(feature_set),
-        # One step and its Spark driver, in the run's own process: no step process
-        # to start (about 9 s of a run's start on 2 cores), one Python process less.
-        executor_def=in_process_executor,
-        tags={FEATURE_SET_TAG: feature_set.name, PIPELINE_TAG: "batch"},
     )
     return build_schedule_from_partitioned_job(
         job,
