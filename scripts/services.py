@@ -1173,6 +1173,15 @@ class Pending:
     restarts_left: int = STARTUP_RESTARTS
 
 
+def launch(spec: Service, layout: Layout, ports: Ports) -> tuple[int, float]:
+    """Configure and start ``spec``'s process; its pid and when it started (monotonic)."""
+    command = spec.prepare(layout, ports)
+    started = time.monotonic()
+    pid = spawn(layout, command, spec.env() if spec.env else None)
+    say(f"{spec.name}: started (pid {pid}), log {layout.log}")
+    return pid, started
+
+
 def exit_status(pid: int) -> str:
     """How a child that is gone ended: its exit code or signal, when we can reap it."""
     try:
@@ -1225,12 +1234,9 @@ def check_ready(pending: Pending, ports: Ports) -> bool:
         say(f"{spec.name}: {reason}; starting it once more (log {layout.log})")
         if report:
             say(report)
-        command = spec.prepare(layout, ports)
-        pending.pid = spawn(layout, command, spec.env() if spec.env else None)
-        pending.started = time.monotonic()
+        pending.pid, pending.started = launch(spec, layout, ports)
         pending.deadline = pending.started + spec.timeout()
         pending.restarts_left -= 1
-        say(f"{spec.name}: started (pid {pending.pid}), log {layout.log}")
         return False
     if spec.probe(ports):
         if spec.after_ready is not None:
@@ -1312,10 +1318,7 @@ def cmd_start(names: Sequence[str]) -> int:
                     )
                 if name in JAR_SETS:
                     fetch(layout)
-                command = spec.prepare(layout, ports)
-                started = time.monotonic()
-                pid = spawn(layout, command, spec.env() if spec.env else None)
-                say(f"{name}: started (pid {pid}), log {layout.log}")
+                pid, started = launch(spec, layout, ports)
                 pending.append(Pending(spec, layout, pid, started, started + spec.timeout()))
             except ServiceError as exc:
                 failures.append(str(exc))

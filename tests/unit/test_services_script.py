@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -60,8 +59,7 @@ def start(services: ModuleType, layout: object, deaths: int) -> tuple[object, li
         lambda _layout, _ports: [sys.executable, "-c", SERVICE_PROGRAM, str(deaths)],
         lambda _ports: (home / "ready").exists(),
     )
-    started = time.monotonic()
-    pid = services.spawn(layout, spec.prepare(layout, None), None)
+    pid, started = services.launch(spec, layout, None)
     pending = services.Pending(spec, layout, pid, started, started + spec.timeout())
     return pending, services.wait_all_ready([pending], services.Ports.from_env())
 
