@@ -14,6 +14,7 @@ Values equal the row-by-row merge's, except that float sums may add in another o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -254,8 +255,6 @@ def _window_values(
     # (several times faster than random order); results go back to the rows' order.
     # One int64 per read: key id and offset second never overlap.
     order = np.argsort(base + at_seconds, kind="stable")
-    restore = np.empty_like(order)
-    restore[order] = np.arange(len(order))
     base, highs = base[order], at_seconds[order] + 1
     windows = list(plan.window_seconds)
     longest = max(windows)
@@ -307,26 +306,38 @@ def _window_values(
     chunks = [(lo, min(lo + _READS_PER_CHUNK, rows)) for lo in range(0, rows, _READS_PER_CHUNK)]
     chunks = chunks or [(0, 0)]
     afters: list[dict[int, dict[str, np.ndarray]] | None] = [None] * len(chunks)
+    # One window's totals at a time, in the rows' order: each task puts its chunk's in
+    # place (a scatter per chunk, on the task's thread, instead of a gather of every
+    # column after the last task: on 1M reads, 0.3-0.4 s a window, mostly page faults
+    # of the fresh arrays, on one thread).
+    ordered: dict[str, np.ndarray] = {}
+    creating = threading.Lock()
 
-    def chunk_totals(task: tuple[int, int]) -> dict[str, np.ndarray]:
-        """One window's totals for the reads of one chunk (one task per chunk at a time)."""
+    def chunk_totals(task: tuple[int, int]) -> None:
+        """One window's totals for the reads of one chunk (one task per chunk at a time),
+        into ``ordered``."""
         index, window = task
         lo, hi = chunks[index]
         chunk_base, chunk_highs = base[lo:hi], highs[lo:hi]
         after = afters[index]
         if after is None:
             after = afters[index] = after_parents(chunk_base, chunk_highs)
-        return window_totals(window, chunk_base, chunk_highs, after)
+        rows_of_chunk = order[lo:hi]
+        for name, found in window_totals(window, chunk_base, chunk_highs, after).items():
+            with creating:
+                target = ordered.get(name)
+                if target is None:
+                    target = ordered[name] = np.empty(rows, found.dtype)
+            target[rows_of_chunk] = found
 
     values: dict[str, pd.Series] = {}
     pool = ThreadPoolExecutor(threads) if threads > 1 and len(chunks) > 1 else None
     try:
         for window in windows:
+            ordered.clear()
             tasks = [(index, window) for index in range(len(chunks))]
-            parts = list(pool.map(chunk_totals, tasks) if pool else map(chunk_totals, tasks))
-            # One window's totals at a time, back in the rows' order.
-            ordered = {c: np.concatenate([p[c] for p in parts])[restore] for c in parts[0]}
-            del parts
+            # Every chunk's totals have the same columns: a window's rungs decide them.
+            list(pool.map(chunk_totals, tasks) if pool else map(chunk_totals, tasks))
             for output in plan.outputs:
                 if output.window.seconds == window:
                     values[output.name] = _finalize(plan, output.spec, ordered, known, rows)
