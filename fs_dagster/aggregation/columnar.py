@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from fs_dagster.aggregation.plan import AggregationPlan
 from fs_dagster.aggregation.states import state_kind
@@ -169,7 +170,7 @@ def _identity(kind: str, dtype: Any) -> float:
 
 def columnar_window_values(
     plan: AggregationPlan,
-    tiles: Mapping[str, np.ndarray | pd.Series],
+    tiles: Mapping[str, np.ndarray | pd.Series | pa.ChunkedArray],
     tile_keys: Sequence[str],
     population_keys: Sequence[np.ndarray | pd.Series],
     at_micros: np.ndarray,
@@ -207,13 +208,18 @@ def columnar_window_values(
 
 
 def _key_ids(
-    tile_keys: Sequence[np.ndarray | pd.Series], population_keys: Sequence[np.ndarray | pd.Series]
+    tile_keys: Sequence[np.ndarray | pd.Series | pa.ChunkedArray],
+    population_keys: Sequence[np.ndarray | pd.Series],
 ) -> tuple[np.ndarray, np.ndarray]:
     """One id per distinct key over tiles and population together (-1 for a null key)."""
+    if len(tile_keys) == 1 and isinstance(tile_keys[0], pa.ChunkedArray):
+        found = _arrow_key_ids(tile_keys[0], population_keys[0])
+        if found is not None:
+            return found
     tile_count = len(tile_keys[0])
     combined = [
         pd.concat(
-            [pd.Series(t).reset_index(drop=True), pd.Series(p).reset_index(drop=True)],
+            [_series(t).reset_index(drop=True), pd.Series(p).reset_index(drop=True)],
             ignore_index=True,
         )
         for t, p in zip(tile_keys, population_keys, strict=True)
@@ -222,6 +228,41 @@ def _key_ids(
         codes, _ = pd.factorize(combined[0])
     else:
         codes, _ = pd.factorize(pd.MultiIndex.from_arrays(combined))
+    return codes[:tile_count], codes[tile_count:]
+
+
+def _series(values: np.ndarray | pd.Series | pa.ChunkedArray) -> pd.Series:
+    if isinstance(values, pa.ChunkedArray):
+        converted: pd.Series = values.to_pandas()
+        return converted
+    return pd.Series(values)
+
+
+def _arrow_key_ids(
+    tile_keys: pa.ChunkedArray, population_keys: np.ndarray | pd.Series
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`_key_ids` of one string or integer key column, by Arrow's dictionary
+    encoding (on 1M population rows of string keys 2-4 times faster than making Python
+    strings of the tiles' keys and factorizing both in pandas). ``None`` when the
+    population's keys are not of the tiles' kind (pandas then compares them as it does)."""
+    kind = tile_keys.type
+    people = pd.Series(population_keys)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        usable = people.dtype == object or isinstance(people.dtype, pd.StringDtype)
+    else:
+        usable = pa.types.is_integer(kind) and people.dtype.kind in "iuf"
+    if not usable:
+        return None
+    try:
+        # Exact conversions only: a fractional number or a non-string raises.
+        converted = pa.array(people, type=kind, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    # One memo table over every chunk: the chunks share one dictionary.
+    encoded = pa.chunked_array([*tile_keys.chunks, converted], type=kind).dictionary_encode()
+    indices = pa.chunked_array([chunk.indices for chunk in encoded.chunks], type=pa.int32())
+    codes = np.asarray(indices.fill_null(-1).to_numpy(), np.int64)
+    tile_count = len(tile_keys)
     return codes[:tile_count], codes[tile_count:]
 
 

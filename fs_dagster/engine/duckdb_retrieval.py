@@ -355,7 +355,7 @@ def duckdb_point_in_time_aggregates(
     found = columnar_window_values(
         plan,
         {
-            **{k: partials.column(k).to_pandas() for k in keys},
+            **{k: partials.column(k) for k in keys},
             _RESOLUTION: partials.column(_RESOLUTION).to_numpy(),
             _TILE_START: partials.column(_TILE_START).to_numpy(),
             **{c.name: partials.column(c.name).to_numpy() for c in state_columns(plan)},

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import fs_dagster as fs
@@ -244,3 +245,52 @@ def test_times_beyond_the_supported_years_are_refused() -> None:
             [pd.Series(["k"])],
             np.array([-(2.0**33 + 9) * 1e6]),
         )
+
+
+def _partition(codes: np.ndarray) -> list[int]:
+    """Ids renumbered by first appearance (-1, a null key, kept): equal for two codings
+    that group the same keys."""
+    seen: dict[int, int] = {}
+    return [-1 if c < 0 else seen.setdefault(int(c), len(seen)) for c in codes]
+
+
+@pytest.mark.parametrize(
+    ("tile_keys", "population_keys", "matches"),
+    [
+        (
+            pa.chunked_array([["a", "b", None], ["c"]]),
+            pd.Series(["c", "z", None, "a"], dtype=object),
+            {0: 3, 3: 0},
+        ),
+        (
+            pa.chunked_array([["a", "b"]], pa.large_string()),
+            pd.Series(["b", None], dtype="string"),
+            {0: 1},
+        ),
+        (pa.chunked_array([[1, 2, None]], pa.int64()), pd.Series([2.0, np.nan, 7.0]), {0: 1}),
+        (pa.chunked_array([[1, 2]], pa.int32()), np.array([2, 1], np.int64), {0: 1, 1: 0}),
+        # Not of the tiles' kind: pandas compares them (2.0 is 2; 1 is not "1").
+        (pa.chunked_array([[1, 2]], pa.int64()), pd.Series([1.5, 2.0]), {1: 1}),
+        (pa.chunked_array([["1", "2"]]), pd.Series([1, 2]), {}),
+    ],
+    ids=["strings", "large-strings", "ints-from-floats", "int32", "fractional", "ints-vs-strings"],
+)
+def test_arrow_key_ids_group_keys_as_pandas_does(
+    tile_keys: pa.ChunkedArray,
+    population_keys: Any,
+    matches: dict[int, int],
+    request: pytest.FixtureRequest,
+) -> None:
+    by_arrow = columnar._arrow_key_ids(tile_keys, population_keys) is not None
+    assert by_arrow == (request.node.callspec.id not in ("fractional", "ints-vs-strings"))
+    tile_ids, row_ids = columnar._key_ids([tile_keys], [population_keys])
+    pandas_tiles, pandas_rows = columnar._key_ids([tile_keys.to_pandas()], [population_keys])
+    assert _partition(np.concatenate([tile_ids, row_ids])) == _partition(
+        np.concatenate([pandas_tiles, pandas_rows])
+    )
+    for row, tile in enumerate(row_ids):
+        if row in matches:
+            assert tile >= 0 and tile == tile_ids[matches[row]], (row, tile_ids, row_ids)
+        else:
+            assert tile not in set(tile_ids[tile_ids >= 0].tolist()), (row, tile_ids, row_ids)
+    assert (tile_ids[np.asarray(tile_keys.is_null())] == -1).all()
