@@ -51,6 +51,7 @@ from fs_dagster.engine.transform import (
     output_schema,
 )
 from fs_dagster.engine.writers import (
+    BatchWriters,
     DeadLetters,
     OfflineRows,
     OfflineTiles,
@@ -184,29 +185,31 @@ def _range_writers(
     plan: StoragePlan,
     schema: StructType,
     online_store: OnlineStore | None,
-) -> list[Writer]:
-    """Offline rows and tiles of the range, the online store's seed, and what is set aside."""
+) -> BatchWriters:
+    """Side by side: what is set aside, offline rows, archive and tiles of the range;
+    then the online store's seed."""
     check_output_schema(feature_set, schema)
     aggregation = aggregation_plan(feature_set, schema) if feature_set.is_aggregated else None
-    writers: list[Writer] = [
+    together: list[Writer] = [
         DeadLetters(feature_set, plan),
         SetAside(feature_set, plan),
         OfflineRows(feature_set, plan),
     ]
     if feature_set.kind == "streaming":
         # Stream-shaped rows: replay recomputes the backfilled history from them too.
-        writers.append(RawArchive(feature_set, plan))
+        together.append(RawArchive(feature_set, plan))
     if aggregation is not None:
-        writers.append(OfflineTiles(plan, aggregation))
+        together.append(OfflineTiles(plan, aggregation))
+    then: list[Writer] = []
     if online_store is not None:
         if aggregation is not None:
             prepare_online_tiles(online_store, aggregation)
-            writers.append(SeedOnlineTiles(online_store, aggregation))
+            then.append(SeedOnlineTiles(online_store, aggregation))
         else:
             table = online_table(feature_set, schema)
             online_store.ensure_table(table)
-            writers.append(OnlineRows(feature_set, online_store, table))
-    return writers
+            then.append(OnlineRows(feature_set, online_store, table))
+    return BatchWriters(together, then)
 
 
 def feature_schema(spark: SparkSession, feature_set: FeatureSet) -> StructType:
@@ -281,7 +284,7 @@ def run_range(
             txn_version=0,
             replace=owned,
         )
-        outcomes = [writer.write(computed, ctx) for writer in writers]
+        outcomes = writers.write(computed, ctx)
     finally:
         computed.release()
     return report(trigger, version, computed, outcomes, began)

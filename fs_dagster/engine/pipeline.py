@@ -58,6 +58,7 @@ from fs_dagster.engine.sources import ERROR_COLUMN, read_source, user_columns
 from fs_dagster.engine.transform import apply_transformation, feature_fields, output_schema
 from fs_dagster.engine.updates import CombinedUpdates, UpdateCallback
 from fs_dagster.engine.writers import (
+    BatchWriters,
     DeadLetters,
     OfflineRows,
     OfflineTiles,
@@ -208,13 +209,13 @@ class _MicroBatch:
         self,
         computation: Computation,
         pipeline: Pipeline,
-        writers: Sequence[Writer],
+        writers: BatchWriters,
         on_batch: Callable[[BatchReport], None],
     ):
         self.feature_set = computation.feature_set
         self.computation = computation
         self.pipeline = pipeline
-        self.writers = list(writers)
+        self.writers = writers
         self.on_batch = on_batch
         self.query_id: str | None = None
         self.started = threading.Event()
@@ -236,7 +237,7 @@ class _MicroBatch:
         try:
             computed = self.computation.run({self.feature_set.source.name: batch})
             try:
-                outcomes = [writer.write(computed, ctx) for writer in self.writers]
+                outcomes = self.writers.write(computed, ctx)
             finally:
                 computed.release()
         finally:
@@ -253,29 +254,34 @@ def stream_writers(
     online_store: OnlineStore | None,
     aggregation: AggregationPlan | None,
     updates: Writer | None = None,
-) -> list[Writer]:
+) -> BatchWriters:
     """The destinations of one streaming pipeline, chosen once when it starts.
 
-    Online: the online rows, or the online tiles (late events split off). Offline: the
-    offline rows, the raw-event archive, and the offline tile partials of every event.
-    Both, after those: dead letters, rows before a backfill's end set aside, and the sinks
-    attached to the pipeline; ``updates`` (the live combined-vector callback) runs last.
+    Online: the online rows, or the online tiles (late events split off), then dead
+    letters and rows before a backfill's end set aside. Offline, side by side: the offline
+    rows, the raw-event archive, the offline tile partials of every event, dead letters
+    and rows set aside. Both, after those: the sinks attached to the pipeline, then
+    ``updates`` (the live combined-vector callback).
     """
-    writers: list[Writer] = []
+    checks: list[Writer] = [DeadLetters(feature_set, plan), SetAside(feature_set, plan)]
+    together: list[Writer]
+    then: list[Writer] = []
     if pipeline == "online":
         if online_store is None:
             raise ValueError("online ingestion needs an online store")
         if aggregation is not None:
-            writers.append(OnlineTiles(feature_set, plan, online_store, aggregation))
+            together = [OnlineTiles(feature_set, plan, online_store, aggregation)]
         else:
-            writers.append(OnlineRows(feature_set, online_store, online_table(feature_set, schema)))
+            together = [OnlineRows(feature_set, online_store, online_table(feature_set, schema))]
+        # After the online write, whose one job counts the batch on the way; their own
+        # writes are rare (most batches have nothing to set aside).
+        then += checks
     else:
-        writers += [OfflineRows(feature_set, plan), RawArchive(feature_set, plan)]
+        together = [OfflineRows(feature_set, plan), RawArchive(feature_set, plan)]
         if aggregation is not None:
-            writers.append(OfflineTiles(plan, aggregation))
-    # After the main destination, whose job may count the batch on the way (OnlineRows).
-    writers += [DeadLetters(feature_set, plan), SetAside(feature_set, plan)]
-    writers += [
+            together.append(OfflineTiles(plan, aggregation))
+        together += checks
+    then += [
         KafkaSinkWriter(
             feature_set,
             sink,
@@ -292,8 +298,8 @@ def stream_writers(
         if sink.pipeline == pipeline
     ]
     if updates is not None:
-        writers.append(updates)  # last: after every write of the batch
-    return writers
+        then.append(updates)  # last: after every write of the batch
+    return BatchWriters(together, then)
 
 
 def sink_vectors(

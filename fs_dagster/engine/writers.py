@@ -14,17 +14,21 @@ destination idempotently and says what it did in an :class:`Outcome`:
 | :class:`OfflineRows` | the offline feature table (Delta) |
 | :class:`OfflineTiles` | the offline tile partials (Delta), every event counted |
 | :class:`~fs_dagster.engine.sinks.KafkaSinkWriter` | an auxiliary Kafka topic |
+
+A trigger's :class:`BatchWriters` say which of its writers may run side by side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property, reduce
 from typing import Any, Protocol
 
 import pyarrow as pa
+from pyspark import inheritable_thread_target
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F  # noqa: N812
 
@@ -68,6 +72,7 @@ from fs_dagster.stores.online.base import (
 )
 
 __all__ = [
+    "BatchWriters",
     "DeadLetters",
     "OfflineRows",
     "OfflineTiles",
@@ -102,6 +107,43 @@ class Writer(Protocol):
     def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
         """Write this writer's destination; idempotent for a repeated ``ctx``."""
         ...
+
+
+@dataclass(frozen=True)
+class BatchWriters:
+    """The writers a trigger hands each of its batches to, and in what order.
+
+    ``together`` write destinations of their own (a Delta table each, or the online
+    store) and read nothing another writes: with more than one, they run side by side,
+    each on a thread of its own. A Delta append spends much of its time in the driver
+    (planning, the commit), so two overlap even on 2 cores. ``then`` run after all of
+    them, one after another, in order (the sinks, then the live-update callback, which
+    follow every write of the batch).
+    """
+
+    together: Sequence[Writer]
+    then: Sequence[Writer] = ()
+
+    def write(self, computed: Computed, ctx: BatchContext) -> list[Outcome]:
+        """Run every writer on the batch; their outcomes, ``together``'s then ``then``'s.
+
+        Raises:
+            Exception: the first failing writer's error (in ``together`` order), once
+                every writer of ``together`` has finished.
+        """
+        if len(self.together) > 1:
+            # Every writer reads the counts: one job takes them before the threads start
+            # (each would otherwise run the statistics job itself).
+            computed.counts  # noqa: B018
+            # The threads' Spark jobs keep the batch's job group, properties and session
+            # tags, so that stopping the query cancels them too.
+            inherit = inheritable_thread_target(computed.classified().sparkSession)
+            with ThreadPoolExecutor(len(self.together)) as pool:
+                futures = [pool.submit(inherit(w.write), computed, ctx) for w in self.together]
+            outcomes = [f.result() for f in futures]
+        else:
+            outcomes = [w.write(computed, ctx) for w in self.together]
+        return outcomes + [w.write(computed, ctx) for w in self.then]
 
 
 def delta_mode(
