@@ -1134,7 +1134,7 @@ def _fresh_runs(ctx: Context) -> dict[str, Any]:
     workdir = ctx.workdir / "fresh"
     try:
         store.ensure_keyspace()
-        for suffix in ("warmup", "preload", "steady", "warmup-agg", "steady-agg"):
+        for suffix in ("warmup", "preload", "steady", "warmup-agg", "steady-agg", "floor"):
             topics.append(f"fs-bench-{ctx.run_id}-fr-{suffix}")
             create_topic(cfg.bootstrap, topics[-1], ocfg.partitions)
         oi.warm_up(
@@ -1174,6 +1174,17 @@ def _fresh_runs(ctx: Context) -> dict[str, Any]:
 
         log.info("fresh: freshness at %g ev/s for %g s", ocfg.rate, ocfg.seconds)
         row_level = freshness(topics[2], f"cmpfr-{ctx.run_id}-fr", aggregated=False)
+        # The same rate and prober through the least a Spark micro-batch pipeline does:
+        # the floor of both freshness rows on this machine, run between them.
+        log.info("fresh: the Spark floor (Kafka -> collect -> bare driver) at %g ev/s", ocfg.rate)
+        floor = oi.spark_floor_freshness(
+            ctx.spark,
+            ocfg,
+            store,
+            topic=topics[5],
+            name=f"cmpfr-{ctx.run_id}-floor",
+            workdir=workdir,
+        )
         # An aggregated batch runs code of its own, which a fresh JVM first interprets:
         # warmed the same way, its batches took 0.9-1.2 s at first and ~0.57 s once warm.
         log.info("fresh: warming up an aggregated query (not measured)")
@@ -1192,7 +1203,12 @@ def _fresh_runs(ctx: Context) -> dict[str, Any]:
         store.close()
         drop_keyspace(HOST, cfg.cassandra_port, keyspace)
         delete_topics(cfg.bootstrap, topics)
-    return {"throughput": throughput, "freshness": row_level, "aggregated_freshness": aggregated}
+    return {
+        "throughput": throughput,
+        "freshness": row_level,
+        "aggregated_freshness": aggregated,
+        "spark_floor_freshness": floor,
+    }
 
 
 # --------------------------------------------------------------------------- run
@@ -1287,6 +1303,7 @@ PEERS = (
     "quix",
     "duckdb-sql",
     "bare-driver",
+    "spark-floor",
 )
 HEADERS = ["scenario", "unit", "better", "fs-dagster", *PEERS, "ratio", "fs peak GiB", "load"]
 
@@ -1423,6 +1440,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                 load=tp["load_average_before"],
             )
         )
+        floor = fresh.get("spark_floor_freshness") or {}
         for shape, run in (("row-level", fr), ("aggregated", fresh.get("aggregated_freshness"))):
             if run is None:
                 continue
@@ -1433,7 +1451,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                         "s",
                         True,
                         run.get(q),
-                        {},
+                        {"spark-floor": floor.get(q)},
                         peak=run["peak_memory_bytes"],
                         load=run["load_average_before"],
                     )
@@ -1522,6 +1540,15 @@ def check_lines(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"fresh, aggregated: {agg.get('samples')} samples, {agg.get('missing')} missing"
             )
+        floor = fresh.get("spark_floor_freshness")
+        if floor is not None:
+            lines.append(
+                f"fresh, Spark floor: {floor.get('samples')} samples, {floor.get('missing')} "
+                f"missing; {floor.get('batches')} batches of {fmt(floor.get('mean_batch_rows'))} "
+                f"events, {fmt(floor.get('mean_batch_seconds'))} s each (fs-dagster row-level: "
+                f"{fr.get('batches')} of {fmt(fr.get('mean_batch_rows'))}, "
+                f"{fmt(fr.get('mean_batch_seconds'))} s)"
+            )
     return lines
 
 
@@ -1571,6 +1598,12 @@ def all_checks_pass(results: dict[str, Any]) -> bool:
     for side in ("fs-dagster", "quix"):
         if side in checks:
             ok = ok and checks[side]["values_equal"] == checks[side]["values_compared"]
+    fresh = scenarios.get("fresh", {})
+    if "throughput" in fresh:
+        ok = ok and fresh["throughput"].get("stale_keys") == 0
+    for run in ("freshness", "aggregated_freshness", "spark_floor_freshness"):
+        if run in fresh:
+            ok = ok and fresh[run].get("missing") == 0 and bool(fresh[run].get("samples"))
     return ok
 
 

@@ -59,6 +59,7 @@ from bench.common import (
     stop_when_idle,
     storage_plan,
     text_table,
+    wait_idle,
 )
 from fs_dagster.engine.pipeline import start_ingestion
 from fs_dagster.stores.online.base import EVENT_MICROS_COLUMN, OnlineColumn, OnlineTable
@@ -697,6 +698,117 @@ def baseline_freshness(
         "trigger_interval": None,
         "startup_seconds": startup,
         **probe,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
+
+
+# --------------------------------------------------------------------------- Spark floor
+
+
+def spark_floor_freshness(
+    spark: SparkSession,
+    cfg: BenchConfig,
+    store: fs.CassandraOnlineStore,
+    *,
+    topic: str,
+    name: str,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Freshness of the least a Spark micro-batch pipeline does to make an event readable
+    online, measured by the same prober as fs-dagster's: what Spark, the broker and the
+    store allow on this machine, by themselves.
+
+    A streaming query on the same Spark session, trigger 0: Kafka (``kafka.fetch.max.wait.ms``
+    and partitions coalesced to the cores, as fs-dagster reads), the JSON parsed by
+    ``from_json``, and in ``foreachBatch`` the batch's rows collected to the driver (one
+    Spark job) and written there by the bare Cassandra driver into a table of
+    :func:`bench_layout`, one prepared ``INSERT ... USING TIMESTAMP <event time>`` per row
+    sent concurrently on one session opened before the query. No transformation, no
+    classification of bad records, no dead letters, no Python workers, no report: none of
+    what fs-dagster's batch does beyond moving the rows.
+    """
+    from cassandra.concurrent import execute_concurrent_with_args
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F  # noqa: N812
+
+    table_name = name.replace("-", "_")
+    store.ensure_table(bench_layout(table_name))
+    session = cassandra_session(HOST, cfg.cassandra_port)
+    names = ["user_id", EVENT_MICROS_COLUMN, "amount", "is_remote", "seq"]
+    columns = ", ".join(f'"{n}"' for n in names)
+    insert = session.prepare(
+        f'INSERT INTO "{store.keyspace}"."{table_name}" ({columns}) '
+        f"VALUES ({', '.join('?' for _ in names)}) USING TIMESTAMP ?"
+    )
+
+    def write(batch: DataFrame, batch_id: int) -> None:
+        # A failed write raises here and stops the query, which fails the run.
+        rows = [(*row, row[1]) for row in batch.collect()]
+        execute_concurrent_with_args(session, insert, rows, concurrency=64)
+
+    event = F.from_json(F.col("value").cast("string"), SCHEMA).alias("e")
+    events = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", cfg.bootstrap)
+        .option("subscribe", topic)
+        .option("startingOffsets", "earliest")
+        .option("kafka.fetch.max.wait.ms", "10")
+        .option("maxOffsetsPerTrigger", cfg.max_offsets_per_trigger)
+        .load()
+        .coalesce(spark.sparkContext.defaultParallelism)
+        .select(event)
+        .select(
+            "e.user_id",
+            F.unix_micros("e.ts").alias("micros"),
+            "e.amount",
+            "e.is_remote",
+            "e.seq",
+        )
+    )
+    load_before = os.getloadavg()[0]
+    query = (
+        events.writeStream.foreachBatch(write)
+        .option("checkpointLocation", str(workdir / "checkpoints" / f"floor-{name}"))
+        .trigger(processingTime="0 seconds")
+        .start()
+    )
+
+    def health() -> None:
+        if not query.isActive:
+            raise RuntimeError(f"the Spark floor's query stopped: {query.exception()}")
+
+    try:
+        produce_prime(cfg.bootstrap, topic)
+        read_as = bench_feature_set(name, topic, cfg.bootstrap, max_offsets_per_trigger=1)
+        startup = wait_visible(store, read_as, cfg.run_timeout, health, workdir=workdir)
+        probe = run_prober(
+            cfg, keyspace=store.keyspace, topic=topic, feature_set_name=name, workdir=workdir
+        )
+        health()
+        batches = [p for p in query.recentProgress if p["numInputRows"] and p.get("durationMs")]
+    finally:
+        wait_idle(query)
+        query.stop()
+        session.cluster.shutdown()
+    measured = [
+        p
+        for p in batches
+        if probe["measured_from_epoch"]
+        <= datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
+        <= probe["produced_until_epoch"]
+    ]
+    durations = [p["durationMs"]["triggerExecution"] / 1000 for p in measured]
+    return {
+        "pipeline": "spark-floor",
+        "trigger_interval": 0.0,
+        "startup_seconds": startup,
+        **probe,
+        "batches": len(measured),
+        "mean_batch_seconds": sum(durations) / len(durations) if durations else None,
+        "mean_batch_rows": (
+            sum(p["numInputRows"] for p in measured) / len(measured) if measured else None
+        ),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg()[0],
     }
