@@ -341,6 +341,11 @@ def encode_column(column: str, kind: ColumnKind) -> Any:
     return col.alias(column)
 
 
+#: :class:`OnlineRows` writes a batch from the driver when the batch before it had at
+#: most this many output rows (see there).
+DRIVER_WRITE_ROWS = 2_000
+
+
 class OnlineRows:
     """The latest row per key into the online store (an older event never wins).
 
@@ -349,12 +354,31 @@ class OnlineRows:
     compares event times, so no shuffle dedupes), and counts the batch on the way
     (:meth:`~fs_dagster.engine.computation.Computed.record_output_counts`). The job's
     columns and its Python function are built with the first batch and reused.
+
+    Where the rows are written depends on the size of the batch before (a stream's
+    batches are alike; a batch's own size is known only once its job has run): after one
+    of at most ``driver_rows`` output rows the job brings the encoded rows to the driver
+    as Arrow and the same function writes them there, one partition; otherwise (and for
+    the first batch, which may be a backlog) the executors' Python workers write their
+    partitions. A steady stream's small batches then skip the round trip to the Python
+    workers: about 0.1 s of a 0.2-0.4 s micro-batch on 2 cores (``bench/README.md``), a
+    third of what made an event readable later than the least Spark pipeline does.
     """
 
-    def __init__(self, feature_set: FeatureSet, store: OnlineStore, table: OnlineTable) -> None:
+    def __init__(
+        self,
+        feature_set: FeatureSet,
+        store: OnlineStore,
+        table: OnlineTable,
+        *,
+        driver_rows: int = DRIVER_WRITE_ROWS,
+    ) -> None:
         self.feature_set = feature_set
         self.store = store
         self.table = table
+        self.driver_rows = driver_rows
+        #: Output rows of the last batch written (``None`` before the first).
+        self.last_rows: int | None = None
 
     @cached_property
     def _columns(self) -> list[Column]:
@@ -368,21 +392,37 @@ class OnlineRows:
         ]
 
     @cached_property
+    def _function(self) -> ArrowMap:
+        return _latest_row_writer(self.store, self.table)
+
+    @cached_property
     def _write(self) -> Column:
-        function = _latest_row_writer(self.store, self.table)
         columns = [*_written_names(self.table), *_FLAGS]
-        return arrow_map_function(function, _ROW_WRITE_COUNTS_DDL, columns)
+        return arrow_map_function(self._function, _ROW_WRITE_COUNTS_DDL, columns)
+
+    @property
+    def in_driver(self) -> bool:
+        """Whether the next batch is written from the driver (see the class)."""
+        return self.last_rows is not None and self.last_rows <= self.driver_rows
 
     def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
         encoded = one_wave(computed.classified().select(*self._columns))
-        counts = map_in_arrow(encoded, self._write).collect()
+        if self.in_driver:
+            rows = encoded.toArrow().to_batches()
+            counts = pa.Table.from_batches(list(self._function(iter(rows)))).to_pylist()
+        else:
+            counts = [c.asDict() for c in map_in_arrow(encoded, self._write).collect()]
         newest = [c["newest"] for c in counts if c["newest"] is not None]
+        invalid = sum(c["invalid"] for c in counts)
+        row_count = sum(c["rows"] for c in counts)
+        outside = sum(c["outside"] for c in counts)
         computed.record_output_counts(
-            invalid=sum(c["invalid"] for c in counts),
-            row_count=sum(c["rows"] for c in counts),
-            outside_count=sum(c["outside"] for c in counts),
+            invalid=invalid,
+            row_count=row_count,
+            outside_count=outside,
             max_event_micros=max(newest) if newest else None,
         )
+        self.last_rows = invalid + row_count + outside
         return Outcome(rows_written=sum(c["written"] for c in counts))
 
 
