@@ -361,8 +361,8 @@ class OnlineRows:
     as Arrow and the same function writes them there, one partition; otherwise (and for
     the first batch, which may be a backlog) the executors' Python workers write their
     partitions. A steady stream's small batches then skip the round trip to the Python
-    workers: about 0.1 s of a 0.2-0.4 s micro-batch on 2 cores (``bench/README.md``), a
-    third of what made an event readable later than the least Spark pipeline does.
+    workers, about 0.1 s a batch on 2 cores: at 500 events/s a trigger took 135-238 ms
+    against 399 ms, the least Spark pipeline 89-111 ms (``bench/README.md``, "Session 29").
     """
 
     def __init__(

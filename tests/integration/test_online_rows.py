@@ -8,6 +8,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -24,8 +25,9 @@ pytestmark = pytest.mark.spark
 SCHEMA = "user_id STRING, amount DOUBLE, ts TIMESTAMP"
 CTX = BatchContext(trigger="online", version=0, app_id="app", txn_version=0)
 #: (user_id, amount, event time): keys with several events, out of time order, and one
-#: whose key the transformation makes null (an invalid output row). (Which of two events of a key at one time wins across
-#: partitions is the store's rule, not the writer's: none here.)
+#: whose key the transformation makes null (an invalid output row). (Which of two
+#: events of a key at one time wins across partitions is the store's rule, not the
+#: writer's: none here.)
 EVENTS = [
     ("u0", 1.0, "2026-03-01T10:00:02Z"),
     ("u0", 2.0, "2026-03-01T10:00:01Z"),
@@ -64,7 +66,9 @@ def _feature_set(spark: SparkSession, tmp_path: Path) -> tuple[fs.FeatureSet, Co
     source = fs.FileSource(name=name, path=str(tmp_path), schema=SCHEMA)
 
     def build() -> object:
-        return fs.SparkSqlTransformation(f"SELECT NULLIF(user_id, 'nokey') AS user_id, amount, ts FROM {name}")
+        return fs.SparkSqlTransformation(
+            f"SELECT NULLIF(user_id, 'nokey') AS user_id, amount, ts FROM {name}"
+        )
 
     fset = fs.streaming.feature_set(
         name=f"rows_{name}", key="user_id", data_sources=[source], timestamp_column_name="ts"
@@ -82,7 +86,7 @@ def test_driver_and_executors_store_the_same_rows_and_counts(
     spark: SparkSession, tmp_path: Path
 ) -> None:
     store = fs.SqliteOnlineStore(tmp_path / "online.db")
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for where in ("executors", "driver"):
         fset, computed = _feature_set(spark, tmp_path / where)
         table = replace(online_table(fset, computed.rows.schema), name=f"rows_{where}")
