@@ -754,6 +754,8 @@ def spark_floor_freshness(
         .option("subscribe", topic)
         .option("startingOffsets", "earliest")
         .option("kafka.fetch.max.wait.ms", "10")
+        # As fs-dagster's source: a cached consumer must not re-create the deleted topic.
+        .option("kafka.allow.auto.create.topics", "false")
         .option("maxOffsetsPerTrigger", cfg.max_offsets_per_trigger)
         .load()
         .coalesce(spark.sparkContext.defaultParallelism)
