@@ -496,9 +496,10 @@ class OnlineTiles:
     events go to the late-events table and change no tile.
 
     One Spark job per batch: it computes the on-time rows' tile partials, merges them into
-    the stored tiles (:func:`~fs_dagster.engine.aggregates.write_partials`) and counts the
-    batch on the way (:meth:`~fs_dagster.engine.computation.Computed.observed_rows`). A
-    batch with late events runs a second job that writes them.
+    the stored tiles (a :class:`~fs_dagster.engine.aggregates.TileWriter`, which merges a
+    small batch in the driver) and counts the batch on the way
+    (:meth:`~fs_dagster.engine.computation.Computed.observed_rows`). A batch with late
+    events runs a second job that writes them.
     """
 
     def __init__(
@@ -534,8 +535,9 @@ class OnlineTiles:
         # One job: the on-time rows' partials are merged into the tiles, and the batch is
         # counted on the way (late rows included); late rows, if any, cost a second one.
         on_time = computed.observed_rows(late_before=watermark)
-        tiles = self._writer.write(
-            self._partials(one_wave(on_time)), batch_id, fresh_after=previous
+        writer = self._writer
+        tiles = writer.write(
+            self._partials(writer.partition(on_time)), batch_id, fresh_after=previous
         )
         late_count = computed.record_observed_counts()
         if late_count:
