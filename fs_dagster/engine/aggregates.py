@@ -330,8 +330,10 @@ class TileWriter:
     function merges and writes them. Otherwise (and first, and for a one-off write) each
     partition of the partials is merged in an executor's Python worker. A steady
     stream's small batches then skip the shuffle and the round trip to the Python
-    workers: at 500 events/s on 2 cores a batch took 0.81 s against 1.13 s
-    (``bench/README.md``, "Session 30").
+    workers: at 500 events/s on 2 cores a batch took 0.40-0.51 s against 0.71 s
+    (``bench/README.md``, "Session 30"). A burst that makes a batch much larger than the
+    one before it is still merged in the driver, in one task: slower, not wrong; the
+    batch after it goes to the executors.
     """
 
     def __init__(
