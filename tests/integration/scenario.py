@@ -23,7 +23,9 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 import fs_dagster as fs
+from fs_dagster.engine.computation import Computation, Computed, EventRange
 from fs_dagster.engine.pipeline import IngestionQuery, start_ingestion
+from fs_dagster.engine.sources import read_source
 from tests.jvm_archive import short_lived
 
 _LAST_MTIME = [0]
@@ -160,6 +162,21 @@ def expected_latest(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, 
         if current is None or event["ts"] >= current["ts"]:
             latest[event["user_id"]] = dict(event)
     return latest
+
+
+def computed_batch(
+    spark: SparkSession, feature_set: fs.FeatureSet, source: fs.FileSource
+) -> Computed:
+    """``feature_set``'s computation over all of ``source`` (the feature set's source) as
+    one batch in two partitions, as a Kafka batch has several: what a writer gets."""
+    batch = read_source(
+        spark,
+        source,
+        required_columns=[*feature_set.key, feature_set.timestamp_column],
+        streaming=False,
+    ).repartition(2)
+    sources = {source.name: batch}
+    return Computation(feature_set, EventRange(None, None, ""), sources, cache=False).run(sources)
 
 
 def write_json_file(directory: Path, lines: Iterable[str]) -> Path:

@@ -14,11 +14,11 @@ import pytest
 from pyspark.sql import SparkSession
 
 import fs_dagster as fs
-from fs_dagster.engine.computation import BatchContext, Computation, Computed, EventRange
+from fs_dagster.engine.computation import BatchContext, Computed
 from fs_dagster.engine.pipeline import online_table
-from fs_dagster.engine.sources import read_source
 from fs_dagster.engine.writers import OnlineRows
 from fs_dagster.stores.online.base import EVENT_MICROS_COLUMN
+from tests.integration.scenario import computed_batch
 
 pytestmark = pytest.mark.spark
 
@@ -73,12 +73,7 @@ def _feature_set(spark: SparkSession, tmp_path: Path) -> tuple[fs.FeatureSet, Co
     fset = fs.streaming.feature_set(
         name=f"rows_{name}", key="user_id", data_sources=[source], timestamp_column_name="ts"
     )(build)  # type: ignore[arg-type]
-    # Two partitions, as a Kafka batch has several: each is deduplicated on its own.
-    batch = read_source(spark, source, required_columns=["user_id", "ts"], streaming=False)
-    batch = batch.repartition(2)
-    computed = Computation(fset, EventRange(None, None, ""), {name: batch}, cache=False).run(
-        {name: batch}
-    )
+    computed = computed_batch(spark, fset, source)
     return fset, computed
 
 

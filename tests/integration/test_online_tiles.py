@@ -20,8 +20,8 @@ from fs_dagster.engine.aggregates import (
     aggregation_plan,
     prepare_online_tiles,
 )
-from fs_dagster.engine.computation import Computation, Computed, EventRange
-from fs_dagster.engine.sources import read_source
+from fs_dagster.engine.computation import Computed
+from tests.integration.scenario import computed_batch
 
 pytestmark = pytest.mark.spark
 
@@ -76,12 +76,7 @@ def _batch(spark: SparkSession, tmp_path: Path) -> tuple[fs.FeatureSet, Computed
         data_sources=[source],
         timestamp_column_name="ts",
     )(build)  # type: ignore[arg-type]
-    # Two partitions, as a Kafka batch has several.
-    batch = read_source(spark, source, required_columns=["user_id", "ts"], streaming=False)
-    batch = batch.repartition(2)
-    computed = Computation(fset, EventRange(None, None, ""), {name: batch}, cache=False).run(
-        {name: batch}
-    )
+    computed = computed_batch(spark, fset, source)
     return fset, computed
 
 
