@@ -59,7 +59,12 @@ from fs_dagster.definitions.aggregations import BOOLEAN_FUNCTIONS, NUMERIC_FUNCT
 from fs_dagster.definitions.errors import FeatureSetDefinitionError
 from fs_dagster.definitions.feature_set import FeatureSet
 from fs_dagster.definitions.names import spark_identifier
-from fs_dagster.engine.arrow_map import ArrowMap, arrow_map_function, map_in_arrow
+from fs_dagster.engine.arrow_map import (
+    ArrowMap,
+    arrow_map_function,
+    map_in_arrow,
+    map_in_driver,
+)
 from fs_dagster.engine.encoding import online_kind
 from fs_dagster.engine.spark_session import one_wave
 from fs_dagster.stores.online.base import (
@@ -277,9 +282,7 @@ def _plain(value: Any) -> Any:
 
 def _key_value(value: Any) -> Any:
     # A key as a Spark row would give it: a timestamp as a naive datetime in the session
-    # time zone, UTC (Arrow gives it aware; pandas as pd.Timestamp).
-    if isinstance(value, pd.Timestamp):
-        value = value.to_pydatetime()
+    # time zone, UTC (Arrow gives it aware).
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(UTC).replace(tzinfo=None)
     return _plain(value)
@@ -382,9 +385,7 @@ class TileWriter:
             ],
         )
         if self.in_driver:
-            batches = iter(rows.toArrow().to_batches())
-            merged = pa.Table.from_batches(list(self._function(batches)), _TILE_WRITE_COUNTS)
-            counts = merged.to_pylist()
+            counts = map_in_driver(rows, self._function)
         else:
             counts = [c.asDict() for c in map_in_arrow(rows, self._write).collect()]
         self.last_tiles = sum(int(c["tiles"]) for c in counts)

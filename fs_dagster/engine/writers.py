@@ -42,7 +42,12 @@ from fs_dagster.engine.aggregates import (
     tile_partials,
     write_partials,
 )
-from fs_dagster.engine.arrow_map import ArrowMap, arrow_map_function, map_in_arrow
+from fs_dagster.engine.arrow_map import (
+    ArrowMap,
+    arrow_map_function,
+    map_in_arrow,
+    map_in_driver,
+)
 from fs_dagster.engine.computation import (
     INSIDE_COLUMN,
     MICROS_COLUMN,
@@ -408,8 +413,7 @@ class OnlineRows:
     def write(self, computed: Computed, ctx: BatchContext) -> Outcome:
         encoded = one_wave(computed.classified().select(*self._columns))
         if self.in_driver:
-            rows = encoded.toArrow().to_batches()
-            counts = pa.Table.from_batches(list(self._function(iter(rows)))).to_pylist()
+            counts = map_in_driver(encoded, self._function)
         else:
             counts = [c.asDict() for c in map_in_arrow(encoded, self._write).collect()]
         newest = [c["newest"] for c in counts if c["newest"] is not None]
