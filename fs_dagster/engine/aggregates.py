@@ -64,6 +64,7 @@ from fs_dagster.engine.arrow_map import (
     arrow_map_function,
     map_in_arrow,
     map_in_driver,
+    without_gc,
 )
 from fs_dagster.engine.encoding import online_kind
 from fs_dagster.engine.spark_session import one_wave
@@ -344,7 +345,7 @@ class TileWriter:
     ) -> None:
         names = [*plan.feature_set.key, _RES, _TILE, *(_partial_column(s.key) for s in plan.states)]
         self._columns = [F.col(spark_identifier(n)) for n in names]
-        self._function = _tile_merge(store, plan)
+        self._function = without_gc(_tile_merge(store, plan))
         self._write = arrow_map_function(
             self._function, _TILE_WRITE_COUNTS_DDL, [*names, *_WRITE_ARGUMENTS]
         )

@@ -47,6 +47,7 @@ from fs_dagster.engine.arrow_map import (
     arrow_map_function,
     map_in_arrow,
     map_in_driver,
+    without_gc,
 )
 from fs_dagster.engine.computation import (
     INSIDE_COLUMN,
@@ -476,7 +477,7 @@ def _latest_row_writer(store: OnlineStore, table: OnlineTable) -> ArrowMap:
             schema=_ROW_WRITE_COUNTS,
         )
 
-    return write_partition
+    return without_gc(write_partition)
 
 
 #: What each partition of an :class:`OnlineRows` job reports.
