@@ -132,8 +132,8 @@ def without_gc(function: ArrowMap) -> ArrowMap:
     A writer's function makes a few small objects per row (the rows as dicts, the store's
     requests, the driver's futures); every 700 of them start a collection that walks the
     young objects, and up to every hundredth one the whole heap of a process that has
-    imported PySpark, pandas and Arrow. Paused, merging 7,000 tiles into Cassandra took 25% less
-    CPU (0.31 against 0.42 s, medians, alternated in one process), and a 3,750-event
+    imported PySpark, pandas and Arrow. Paused, merging 7,000 tiles into Cassandra took
+    25% less CPU (0.31 against 0.42 s, medians, alternated in one process), a 3,750-event
     aggregated batch 1.34 against 1.45 s on the executors, a 500-event one 0.44 against
     0.49 s in the driver (``bench/README.md``, "Session 31"). What cycles the function
     leaves are collected once the collector runs again, after it.
