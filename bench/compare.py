@@ -698,6 +698,7 @@ def scenario_agg(ctx: Context) -> dict[str, Any]:
         )
         ctx.memory.sample()
         fs_row["peak_memory_bytes"] = ctx.memory.peak_bytes
+        fs_row["peak_pss_bytes"] = ctx.memory.peak_pss_bytes
         sample_rng = random.Random(cfg.seed + 3)
         with_events = sorted(set(events.user.tolist()))
         sample = sample_rng.sample(with_events, min(scale.check_keys, len(with_events)))
@@ -1155,6 +1156,7 @@ def _fresh_runs(ctx: Context) -> dict[str, Any]:
         )
         ctx.memory.sample()
         throughput["peak_memory_bytes"] = ctx.memory.peak_bytes
+        throughput["peak_pss_bytes"] = ctx.memory.peak_pss_bytes
 
         def freshness(topic: str, name: str, *, aggregated: bool) -> dict[str, Any]:
             ctx.memory.reset()
@@ -1170,6 +1172,7 @@ def _fresh_runs(ctx: Context) -> dict[str, Any]:
             )
             ctx.memory.sample()
             run["peak_memory_bytes"] = ctx.memory.peak_bytes
+            run["peak_pss_bytes"] = ctx.memory.peak_pss_bytes
             return run
 
         log.info("fresh: freshness at %g ev/s for %g s", ocfg.rate, ocfg.seconds)
@@ -1549,6 +1552,23 @@ def check_lines(results: dict[str, Any]) -> list[str]:
                 f"{fr.get('batches')} of {fmt(fr.get('mean_batch_rows'))}, "
                 f"{fmt(fr.get('mean_batch_seconds'))} s)"
             )
+    ingestion = {
+        "agg ingestion": aggregated.get("fs-dagster", {}),
+        "row-level ingestion": fresh.get("throughput", {}),
+        "row-level freshness": fresh.get("freshness", {}),
+        "aggregated freshness": fresh.get("aggregated_freshness", {}),
+    }
+    ingestion_peaks = [
+        f"{name} {fmt(run['peak_memory_bytes'] / GIB)} / {fmt(run['peak_pss_bytes'] / GIB)}"
+        for name, run in ingestion.items()
+        if run and "peak_pss_bytes" in run
+    ]
+    if ingestion_peaks:
+        lines.append(
+            "online ingestion peak memory of fs-dagster's process tree, GiB, resident (the "
+            "table's, a forked worker's shared pages once per process) / shared pages once "
+            "(PSS): " + ", ".join(ingestion_peaks)
+        )
     return lines
 
 
