@@ -329,7 +329,7 @@ def process_tree_rss(root: int | None = None) -> int:
     ``psutil``'s ``rss`` would: an upper bound. Linux only: it reads ``/proc`` because
     psutil is not one of the project's dependencies.
     """
-    return process_tree_memory(root)[0]
+    return process_tree_memory(root, pss=False)[0]
 
 
 #: Below this resident size a process is measured by its proportional set size too
@@ -338,9 +338,9 @@ def process_tree_rss(root: int | None = None) -> int:
 _PSS_BELOW_BYTES = 512 * 2**20
 
 
-def process_tree_memory(root: int | None = None) -> tuple[int, int]:
+def process_tree_memory(root: int | None = None, *, pss: bool = True) -> tuple[int, int]:
     """:func:`process_tree_rss`, and the same tree with the pages that forked processes
-    share counted once.
+    share counted once (without ``pss``, the resident sum again: no ``smaps_rollup`` read).
 
     The second figure takes, for each process under ``_PSS_BELOW_BYTES`` (Spark's forked
     Python workers and their daemon), its proportional set size (``Pss`` of
@@ -370,7 +370,7 @@ def process_tree_memory(root: int | None = None) -> tuple[int, int]:
         pending.extend(children.get(pid, ()))
         try:
             resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
-            proportional = _pss(pid) if resident < _PSS_BELOW_BYTES else None
+            proportional = _pss(pid) if pss and resident < _PSS_BELOW_BYTES else None
         except OSError:
             continue
         total += resident
@@ -395,17 +395,21 @@ class PeakMemory:
     """Samples :func:`process_tree_rss` in a daemon thread and keeps the peak.
 
     ``reset()`` starts a new span; ``peak_bytes`` is the largest sample since then and
-    ``overall_peak_bytes`` the largest since ``start()``.
+    ``overall_peak_bytes`` the largest since ``start()``. With ``pss`` it also reads the
+    small processes' ``smaps_rollup`` for ``peak_pss_bytes`` (a few ms a sample, so only
+    where that figure is reported).
 
     Example:
         >>> with PeakMemory() as memory:  # doctest: +SKIP
         ...     memory.reset(); run(); print(memory.peak_bytes)
     """
 
-    def __init__(self, interval: float = 0.25) -> None:
+    def __init__(self, interval: float = 0.25, *, pss: bool = False) -> None:
         self.interval = interval
+        self.pss = pss
         self.peak_bytes = 0
-        #: The peak of the tree with shared pages counted once (:func:`process_tree_memory`).
+        #: With ``pss``, the peak of the tree with shared pages counted once
+        #: (:func:`process_tree_memory`); else the same as ``peak_bytes``.
         self.peak_pss_bytes = 0
         self.overall_peak_bytes = 0
         self._lock = threading.Lock()
@@ -414,7 +418,7 @@ class PeakMemory:
 
     def sample(self) -> int:
         """Take one sample now, update the peaks and return it."""
-        current, shared_once = process_tree_memory()
+        current, shared_once = process_tree_memory(pss=self.pss)
         with self._lock:
             self.peak_bytes = max(self.peak_bytes, current)
             self.peak_pss_bytes = max(self.peak_pss_bytes, shared_once)
@@ -423,7 +427,7 @@ class PeakMemory:
 
     def reset(self) -> None:
         """Start a new span: the peak becomes the current size."""
-        current, shared_once = process_tree_memory()
+        current, shared_once = process_tree_memory(pss=self.pss)
         with self._lock:
             self.peak_bytes = current
             self.peak_pss_bytes = shared_once

@@ -1106,7 +1106,7 @@ def scenario_fresh(ctx: Context) -> dict[str, Any]:
 def _fresh_in_own_process(spec: dict[str, Any]) -> dict[str, Any]:
     configure_logging()
     cfg: Config = spec["cfg"]
-    with PeakMemory() as memory:
+    with PeakMemory(pss=True) as memory:
         spark = bench_spark(cfg)
         try:
             ctx = Context(
@@ -1260,7 +1260,7 @@ def run(cfg: Config) -> dict[str, Any]:
         },
         "scenarios": {},
     }
-    memory = PeakMemory().start()
+    memory = PeakMemory(pss=True).start()
     spark = bench_spark(cfg)
     results["environment"]["spark"] = spark.version
     ctx = Context(cfg=cfg, workdir=workdir, memory=memory, spark=spark, run_id=run_id)
