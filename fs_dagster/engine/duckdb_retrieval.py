@@ -582,7 +582,7 @@ def _asof_sql(
 
     With ``hashed_keys`` (the type each key is cast to, :func:`_hashed_keys`) the ASOF
     join partitions by a 64-bit hash of the keys instead of the keys (1M x 10M string
-    keys: 2.6-2.8 s for the query against 3.0-3.4 s), and ``chosen`` still joins on the
+    keys: 2.4-2.8 s for the query against 3.0-3.6 s), and ``chosen`` still joins on the
     keys. Two keys with one hash share a partition, so a row could match the other
     key's newer row: then no row of its own key is at that time, and the query's
     :data:`_LOST` column says so (a match within the TTL with nothing chosen); the
