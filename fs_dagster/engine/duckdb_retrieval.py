@@ -86,16 +86,13 @@ _TILE_START = INTERNAL_PREFIX + "tile_start"
 _HASH = INTERNAL_PREFIX + "key_hash"
 _LOST = INTERNAL_PREFIX + "lost"
 
-#: Key types whose values the ASOF join may compare by a hash: equal values, once cast
-#: to the type given, hash alike whatever the column's type on either side (DuckDB's
-#: hash depends on the type: 5 as INTEGER and as BIGINT hash apart). Not HUGEINT, whose
-#: hash gives 0 and -1 the same value, so not UBIGINT either (it fits no smaller type).
-_HASHED_KEY_TYPES: Mapping[str, str] = {
-    "VARCHAR": "VARCHAR",
-    **{
-        t: "BIGINT"
-        for t in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
-    },
+#: Delta key types the ASOF join may compare by a hash, and the DuckDB type each is cast
+#: to first: equal values then hash alike whatever their width on either side (DuckDB's
+#: hash depends on the type: 5 as INTEGER and as BIGINT hash apart). Integers go to
+#: BIGINT, not HUGEINT, whose hash gives 0 and -1 the same value.
+_HASHED_DELTA_TYPES: Mapping[str, str] = {
+    "string": "VARCHAR",
+    **dict.fromkeys(("byte", "short", "integer", "long"), "BIGINT"),
 }
 
 #: DuckDB's 64-bit hash of the key columns (a template over their comma-separated list).
@@ -286,7 +283,7 @@ def duckdb_point_in_time_join(
             )
             return connection.sql(sql).to_arrow_table()
 
-        hashed_keys = _hashed_keys(connection, source, keys)
+        hashed_keys = _hashed_keys(pop.schema, fields, keys)
         values = query(hashed_keys)
         if hashed_keys is not None:
             lost = values.column(_LOST)
@@ -536,18 +533,27 @@ def _register_source(
 
 
 def _hashed_keys(
-    connection: duckdb.DuckDBPyConnection, source: str, keys: Sequence[str]
+    population: pa.Schema, fields: Mapping[str, Any], keys: Sequence[str]
 ) -> list[str] | None:
     """The types to cast each key to before hashing it, or ``None`` when the ASOF join
-    must compare the keys themselves: a key of another type than strings and integers,
-    or a string on one side and an integer on the other."""
-    aliases = ", ".join(_quoted(f"{INTERNAL_PREFIX}key{i}") for i in range(len(keys)))
-    population = connection.sql(f"SELECT {aliases} FROM population").types
-    features = connection.sql(f"SELECT {', '.join(map(_quoted, keys))} FROM {source}").types
+    must compare the keys themselves: a key of another type than strings and integers
+    (unsigned ones up to 32 bits), or a string on one side and an integer on the other.
+
+    ``population`` is the registered population's schema, ``fields`` the Delta table's.
+    """
     casts = []
-    for ours, theirs in zip(population, features, strict=True):
-        cast = _HASHED_KEY_TYPES.get(str(ours))
-        if cast is None or cast != _HASHED_KEY_TYPES.get(str(theirs)):
+    for i, key in enumerate(keys):
+        ours = population.field(f"{INTERNAL_PREFIX}key{i}").type
+        if pa.types.is_string(ours) or pa.types.is_large_string(ours):
+            cast = "VARCHAR"
+        elif pa.types.is_signed_integer(ours) or (
+            pa.types.is_unsigned_integer(ours) and ours.bit_width <= 32
+        ):
+            cast = "BIGINT"
+        else:
+            return None
+        theirs = fields[key]
+        if not isinstance(theirs, PrimitiveType) or _HASHED_DELTA_TYPES.get(theirs.type) != cast:
             return None
         casts.append(cast)
     return casts
