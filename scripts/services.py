@@ -1182,14 +1182,22 @@ def launch(spec: Service, layout: Layout, ports: Ports) -> tuple[int, float]:
     return pid, started
 
 
-def exit_status(pid: int) -> str:
-    """How a child that is gone ended: its exit code or signal, when we can reap it."""
+def exit_reason(pid: int, layout: Layout) -> str | None:
+    """``None`` while ``pid`` runs, else how it ended (its exit code or signal, when we
+    can reap it).
+
+    A child of this command is asked with ``waitpid``: its ``/proc`` entry can fail
+    :func:`pid_is_ours` for a moment while it starts (seen once: a Kafka JVM just
+    launched, whose working directory could not be read, was taken for dead and a second
+    broker started on the same log directory). A process started by an earlier command is
+    alive while :func:`pid_is_ours` holds.
+    """
     try:
         reaped, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return "exit status unknown: not our child"
+        return None if pid_is_ours(pid, layout) else "exit status unknown: not our child"
     if reaped == 0:
-        return "exit status unknown: still a process"
+        return None
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         try:
@@ -1225,9 +1233,10 @@ def fail_message(pending: Pending, reason: str) -> str:
 def check_ready(pending: Pending, ports: Ports) -> bool:
     """One readiness round for ``pending``: True when ready; raises when it failed."""
     spec, layout = pending.service, pending.layout
-    if not pid_is_ours(pending.pid, layout):
+    ended = exit_reason(pending.pid, layout)
+    if ended is not None:
         layout.pid_file.unlink(missing_ok=True)
-        reason = f"the process exited during startup ({exit_status(pending.pid)})"
+        reason = f"the process exited during startup ({ended})"
         report = crash_reports(layout, time.time() - (time.monotonic() - pending.started))
         if pending.restarts_left <= 0:
             raise ServiceError(fail_message(pending, reason) + (f"\n{report}" if report else ""))

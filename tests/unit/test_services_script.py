@@ -27,6 +27,9 @@ count = int(launches.read_text()) + 1 if launches.exists() else 1
 launches.write_text(str(count))
 if count <= int(sys.argv[1]):
     os.kill(os.getpid(), signal.SIGKILL)
+if len(sys.argv) > 2:
+    os.chdir(sys.argv[2])  # its /proc entry no longer names the service's directory
+    time.sleep(1)  # and it is not ready at once
 (home / "ready").write_text("yes")
 time.sleep(120)
 """
@@ -50,13 +53,16 @@ def layout(services: ModuleType, tmp_path: Path) -> Iterator[object]:
     services.terminate(layout)
 
 
-def start(services: ModuleType, layout: object, deaths: int) -> tuple[object, list[str]]:
+def start(
+    services: ModuleType, layout: object, deaths: int, *, move_to: Path | None = None
+) -> tuple[object, list[str]]:
     home = layout.home  # type: ignore[attr-defined]
     home.mkdir(parents=True, exist_ok=True)
+    extra = [str(move_to)] if move_to is not None else []
     spec = services.Service(
         "s3",
         20.0,
-        lambda _layout, _ports: [sys.executable, "-c", SERVICE_PROGRAM, str(deaths)],
+        lambda _layout, _ports: [sys.executable, "-c", SERVICE_PROGRAM, str(deaths), *extra],
         lambda _ports: (home / "ready").exists(),
     )
     pid, started = services.launch(spec, layout, None)
@@ -87,3 +93,21 @@ def test_a_second_death_fails_with_the_exit_status(
     assert len(failures) == 1
     assert failures[0].startswith("s3: the process exited during startup (killed by SIGKILL)")
     assert services.running_pid(layout) is None
+
+
+def test_a_live_child_is_not_started_again_when_its_proc_entry_does_not_match(
+    services: ModuleType, layout: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The /proc check of a process started by an earlier command (its working directory)
+    # can fail for a child just launched; a child is asked with waitpid instead. Before,
+    # a Kafka JVM taken for dead this way got a second broker on the same log directory.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pending, failures = start(services, layout, deaths=0, move_to=elsewhere)
+
+    assert failures == []
+    assert (layout.home / "launches").read_text() == "1"  # type: ignore[attr-defined]
+    said = capsys.readouterr()
+    assert "starting it once more" not in said.out + said.err
+    services.os.kill(pending.pid, services.signal.SIGTERM)  # type: ignore[attr-defined]
+    services.os.waitpid(pending.pid, 0)  # type: ignore[attr-defined]
