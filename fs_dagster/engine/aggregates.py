@@ -423,17 +423,18 @@ def _tile_merge(store: OnlineStore, plan: AggregationPlan) -> ArrowMap:
             if version is None:
                 raise ValueError("a tile write needs a version")
             tiles += batch.num_rows
-            encoded = (
-                {
-                    **{k: _key_value(r[k]) for k in keys},
-                    _RES: r[_RES],
-                    _TILE: r[_TILE],
-                    "state": state_json(r, states),
-                }
-                for r in batch.to_pylist()
+            # A column at a time: the rows' states are built without a dict per row of
+            # the batch and reach the merge as values, not as JSON text to parse again.
+            key_columns = [[_key_value(v) for v in batch.column(k).to_pylist()] for k in keys]
+            partials = zip(
+                zip(*key_columns, strict=True),
+                batch.column(_RES).to_pylist(),
+                batch.column(_TILE).to_pylist(),
+                partial_states(batch, states),
+                strict=True,
             )
             written += apply_partials(
-                store, plan, encoded, version, fresh_after=fresh_after, overwrite_at=overwrite_at
+                store, plan, partials, version, fresh_after=fresh_after, overwrite_at=overwrite_at
             )
         yield pa.RecordBatch.from_pydict(
             {"written": [written], "tiles": [tiles]}, schema=_TILE_WRITE_COUNTS
@@ -460,50 +461,69 @@ def write_partials(
 
 def state_json(row: Mapping[str, Any], states: Sequence[StateSpec]) -> str:
     """:func:`partial_state` as the JSON text the tile tables keep."""
-    return json.dumps(partial_state(row, states), separators=(",", ":"))
+    return _state_text(partial_state(row, states))
 
 
 def partial_state(row: Mapping[str, Any], states: Sequence[StateSpec]) -> dict[str, Any]:
     """The tile state of one partial row computed by :func:`tile_partials`."""
     state: dict[str, Any] = {}
     for spec in states:
-        raw = _plain(row[_partial_column(spec.key)])
-        if spec.kind in ("sum", "min", "max"):
-            value = raw
-        elif spec.kind == "count":
-            value = int(raw) if raw else None
-        elif spec.kind == "bool":
-            value = [int(raw["t"] or 0), int(raw["n"])] if raw and raw["n"] else None
-        elif spec.kind == "moments":
-            value = (
-                [int(raw["n"]), float(raw["pivot"]), float(raw["d"]), float(raw["m2"])]
-                if raw and raw["n"]
-                else None
-            )
-        elif spec.kind == "last":
-            entries = [[int(e["t"]), e["v"]] for e in raw or []]
-            value = merge_last(entries, [], spec.capacity) or None
-        elif spec.kind == "distinct":
-            entries = [[int(e["t"]), e["v"]] for e in raw or []]
-            value = merge_distinct(entries, [], spec.capacity) or None
-        else:  # sketch
-            value = sketch_from_values(raw) if raw else None
+        value = _state_value(spec, _plain(row[_partial_column(spec.key)]))
         if value is not None:
             state[spec.key] = value
     return state
 
 
+def partial_states(batch: pa.RecordBatch, states: Sequence[StateSpec]) -> list[dict[str, Any]]:
+    """:func:`partial_state` of every row of ``batch``, a column at a time."""
+    result: list[dict[str, Any]] = [{} for _ in range(batch.num_rows)]
+    for spec in states:
+        key = spec.key
+        column = batch.column(_partial_column(key)).to_pylist()
+        for state, raw in zip(result, column, strict=True):
+            value = _state_value(spec, _plain(raw))
+            if value is not None:
+                state[key] = value
+    return result
+
+
+def _state_value(spec: StateSpec, raw: Any) -> Any:
+    """One state of a partial row from its plain (:func:`_plain`) partial column value;
+    ``None`` for no value."""
+    kind = spec.kind
+    if kind in ("sum", "min", "max"):
+        return raw
+    if kind == "count":
+        return int(raw) if raw else None
+    if kind == "bool":
+        return [int(raw["t"] or 0), int(raw["n"])] if raw and raw["n"] else None
+    if kind == "moments":
+        return (
+            [int(raw["n"]), float(raw["pivot"]), float(raw["d"]), float(raw["m2"])]
+            if raw and raw["n"]
+            else None
+        )
+    if kind == "last":
+        entries = [[int(e["t"]), e["v"]] for e in raw or []]
+        return merge_last(entries, [], spec.capacity) or None
+    if kind == "distinct":
+        entries = [[int(e["t"]), e["v"]] for e in raw or []]
+        return merge_distinct(entries, [], spec.capacity) or None
+    return sketch_from_values(raw) if raw else None  # sketch
+
+
 def apply_partials(
     store: OnlineStore,
     plan: AggregationPlan,
-    rows: Iterable[Mapping[str, Any]],
+    partials: Iterable[tuple[tuple[Any, ...], int, int, dict[str, Any]]],
     version: int,
     *,
     fresh_after: int | None = None,
     overwrite_at: int | None = None,
 ) -> int:
-    """Merge encoded partial rows (see :func:`encode_partials`) into the stored tiles and
-    write full states at ``version``.
+    """Merge partial tiles ``(key, resolution, tile start, state)`` (a state as
+    :func:`partial_state` gives it) into the stored tiles and write full states at
+    ``version``.
 
     Tiles already at ``version`` (written before a crash) are skipped: replay-safe.
     ``fresh_after`` is the newest event time (micros) of the batches before this one: a
@@ -514,14 +534,13 @@ def apply_partials(
     already (a backfilled range): every tile is written without reading, except those
     whose retention has passed at that time, which no window can read any more.
     """
-    keys = list(plan.feature_set.key)
-    pending: list[tuple[tuple[Any, ...], int, int, str]] = []
+    pending: list[tuple[tuple[Any, ...], int, int, dict[str, Any]]] = []
     written = 0
-    for row in rows:
-        resolution, start = int(row[_RES]), int(row[_TILE])
+    for key, raw_resolution, raw_start, state in partials:
+        resolution, start = int(raw_resolution), int(raw_start)
         if overwrite_at is not None and start + plan.retention(resolution) < overwrite_at:
             continue
-        pending.append((tuple(row[k] for k in keys), resolution, start, row["state"]))
+        pending.append((key, resolution, start, state))
         if len(pending) >= 2000:
             written += _flush(
                 store, plan, pending, version, fresh_after=fresh_after, overwrite_at=overwrite_at
@@ -537,7 +556,7 @@ def apply_partials(
 def _flush(
     store: OnlineStore,
     plan: AggregationPlan,
-    pending: list[tuple[tuple[Any, ...], int, int, str]],
+    pending: list[tuple[tuple[Any, ...], int, int, dict[str, Any]]],
     version: int,
     *,
     fresh_after: int | None,
@@ -545,13 +564,15 @@ def _flush(
 ) -> int:
     table = plan.tile_table
     writes: list[TileWrite] = []
-    merge: list[tuple[tuple[Any, ...], int, int, str]] = []
+    merge: list[tuple[tuple[Any, ...], int, int, dict[str, Any]]] = []
     for key, resolution, start, state in pending:
         if overwrite_at is not None or (
             fresh_after is not None and start * 1_000_000 > fresh_after
         ):
             writes.append(
-                TileWrite(key, resolution, start, version, state, plan.retention(resolution))
+                TileWrite(
+                    key, resolution, start, version, _state_text(state), plan.retention(resolution)
+                )
             )
         else:
             merge.append((key, resolution, start, state))
@@ -560,18 +581,22 @@ def _flush(
         if current is not None and current.version >= version:
             continue  # this batch already reached the tile before a restart
         base = json.loads(current.state) if current is not None else {}
-        merged = merge_states(plan.states, [base, json.loads(partial)])
         writes.append(
             TileWrite(
                 key=key,
                 resolution=resolution,
                 start=start,
                 version=version,
-                state=json.dumps(merged, separators=(",", ":")),
+                state=_state_text(merge_states(plan.states, [base, partial])),
                 ttl_seconds=plan.retention(resolution),
             )
         )
     return store.write_tiles(table, writes)
+
+
+def _state_text(state: Mapping[str, Any]) -> str:
+    """A tile state as the JSON text the tile tables keep."""
+    return json.dumps(state, separators=(",", ":"))
 
 
 def _decode(value: Any, kind: ColumnKind) -> Any:
