@@ -375,19 +375,23 @@ class TileWriter:
         """Merge ``partials`` (of :func:`tile_partials`) at ``version``; returns how many
         tiles were written. ``fresh_after`` and ``overwrite_at``: see
         :func:`apply_partials`."""
-        arguments = (version, fresh_after, overwrite_at)
         # As text: Spark writes a number literal into the generated code, which a new
         # value then compiles again every batch; a string literal is passed by reference.
-        rows = one_wave(partials).select(
-            *self._columns,
-            *[
-                F.lit(None if value is None else str(value)).cast("string").alias(name)
-                for name, value in zip(_WRITE_ARGUMENTS, arguments, strict=True)
-            ],
-        )
+        arguments = {
+            name: None if value is None else str(value)
+            for name, value in zip(
+                _WRITE_ARGUMENTS, (version, fresh_after, overwrite_at), strict=True
+            )
+        }
         if self.in_driver:
-            counts = map_in_driver(rows, self._function)
+            # The partials of one partition: brought as they are, the arguments added to
+            # the Arrow rows (two DataFrame operations less to plan, 4-15 ms each).
+            counts = map_in_driver(partials, self._function, constants=arguments)
         else:
+            rows = one_wave(partials).select(
+                *self._columns,
+                *[F.lit(value).cast("string").alias(name) for name, value in arguments.items()],
+            )
             counts = [c.asDict() for c in map_in_arrow(rows, self._write).collect()]
         self.last_tiles = sum(int(c["tiles"]) for c in counts)
         return sum(int(c["written"]) for c in counts)

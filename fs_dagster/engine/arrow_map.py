@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -74,11 +74,20 @@ def map_in_arrow(df: DataFrame, function: Column) -> DataFrame:
     return DataFrame(jdf.mapInArrow(jc, False, None), df.sparkSession)
 
 
-def map_in_driver(df: DataFrame, function: ArrowMap) -> list[dict[str, Any]]:
+def map_in_driver(
+    df: DataFrame, function: ArrowMap, constants: Mapping[str, str | None] | None = None
+) -> list[dict[str, Any]]:
     """The rows ``function`` returns over all of ``df``, brought to the driver as Arrow
     by one Spark job, as dicts: what collecting :func:`map_in_arrow` of the same function
-    gives (one partition), without the round trip to the executors' Python workers."""
-    out = function(iter(df.toArrow().to_batches()))
+    gives (one partition), without the round trip to the executors' Python workers.
+
+    ``constants``: string columns of one value each, added to every row of ``df`` (what
+    a ``select`` of literals would add, without planning it).
+    """
+    table = df.toArrow()
+    for name, value in (constants or {}).items():
+        table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
+    out = function(iter(table.to_batches()))
     return [row for batch in out for row in batch.to_pylist()]
 
 
