@@ -172,6 +172,9 @@ class Config:
     label: str = ""
     results_dir: Path = REPO / "bench" / "results"
     offline_engine: OfflineEngine = "auto"
+    #: ``fresh``: the prober's pause after each read of the store (see
+    #: ``bench.online_ingestion.BenchConfig.poll_interval``).
+    poll_interval: float = oi.BenchConfig.poll_interval
 
     @property
     def sizes(self) -> Scale:
@@ -1128,6 +1131,7 @@ def _fresh_runs(ctx: Context) -> dict[str, Any]:
         max_offsets_per_trigger=max(scale.fresh_events // 8, 1),
         bootstrap=cfg.bootstrap,
         cassandra_port=cfg.cassandra_port,
+        poll_interval=cfg.poll_interval,
     )
     keyspace = f"fs_bench_cmpfr_{ctx.run_id}"
     store = fs.CassandraOnlineStore(hosts=[HOST], port=cfg.cassandra_port, keyspace=keyspace)
@@ -1211,6 +1215,7 @@ def _fresh_runs(ctx: Context) -> dict[str, Any]:
         "freshness": row_level,
         "aggregated_freshness": aggregated,
         "spark_floor_freshness": floor,
+        "poll_interval": ocfg.poll_interval,
     }
 
 
@@ -1536,7 +1541,9 @@ def check_lines(results: dict[str, Any]) -> list[str]:
         fr = fresh["freshness"]
         lines.append(
             f"fresh: {fr.get('samples')} samples, {fr.get('missing')} missing, "
-            f"stale keys after ingestion: {fresh['throughput'].get('stale_keys')}"
+            f"stale keys after ingestion: {fresh['throughput'].get('stale_keys')}; the "
+            f"prober paused {fmt(fresh.get('poll_interval'), 3)} s after each read of the store "
+            f"and used {fmt(fr.get('prober_cpu_seconds'))} s of CPU, start-up included"
         )
         agg = fresh.get("aggregated_freshness")
         if agg is not None:
@@ -1659,6 +1666,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         default=Config.offline_engine,
         help="what computes fs-dagster's point-in-time read (FeatureStore(offline_engine=))",
     )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=Config.poll_interval,
+        help="fresh: seconds the prober pauses after each read of the store",
+    )
     args = parser.parse_args(argv)
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = sorted(set(only) - set(SCENARIOS))
@@ -1678,6 +1691,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         label=args.label,
         results_dir=args.results_dir,
         offline_engine=args.offline_engine,
+        poll_interval=args.poll_interval,
     )
 
 

@@ -25,6 +25,7 @@ import os
 import platform
 import queue
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -99,6 +100,12 @@ class BenchConfig:
     baseline_events: int = 50_000
     max_offsets_per_trigger: int = 25_000
     sample_every: int = 10
+    #: Pause of the prober between two reads of the store. Each read costs the prober and
+    #: Cassandra CPU that the pipeline under test shares on a small machine: read back to
+    #: back (5 ms apart) they took about a third of a core and slowed aggregated batches
+    #: from 0.35 to 0.6-0.7 s on 2 cores (bench/README.md, "Session 34"); 30 ms apart a
+    #: sample's latency is over-stated by at most the pause plus one read.
+    poll_interval: float = 0.03
     master: str = "local[*]"
     run_timeout: float = 900.0
     drain_timeout: float = 60.0
@@ -834,6 +841,7 @@ class ProbeSpec:
     warmup: float
     keys: int
     sample_every: int
+    poll_interval: float
     drain_timeout: float
     seed: int
     aggregated: bool = False
@@ -952,9 +960,10 @@ def _probe(spec: ProbeSpec) -> dict[str, Any]:
                     latencies.append(seen_at - sample.produced)
                 else:
                     warmup_seen += 1
-        time.sleep(0.005)
+        time.sleep(spec.poll_interval)
     thread.join(timeout=60)
     store.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     if "error" in stats:
         raise RuntimeError(f"the producer thread failed: {stats['error']}")
     measured_from = stats.get("started_epoch", time.time()) + spec.warmup
@@ -976,6 +985,7 @@ def _probe(spec: ProbeSpec) -> dict[str, Any]:
         "max": max(latencies) if latencies else None,
         "polls": len(polls),
         "mean_poll_seconds": sum(polls) / len(polls) if polls else None,
+        "prober_cpu_seconds": usage.ru_utime + usage.ru_stime,
         "measured_from_epoch": measured_from,
         "produced_until_epoch": stats.get("produced_until_epoch", time.time()),
     }
@@ -1004,6 +1014,7 @@ def run_prober(
         warmup=cfg.warmup,
         keys=cfg.keys,
         sample_every=cfg.sample_every,
+        poll_interval=cfg.poll_interval,
         drain_timeout=cfg.drain_timeout,
         seed=cfg.seed + 1,
         aggregated=aggregated,
@@ -1110,7 +1121,8 @@ def format_results(results: dict[str, Any]) -> str:
         out.append(
             f"\nFreshness: {cfg['rate']:g} events/s for {cfg['seconds']:g} s after a "
             f"{cfg['warmup']:g} s warm-up; every {cfg['sample_every']}th event sampled; "
-            "seconds from produce to first read that sees it"
+            "seconds from produce to first read that sees it (the prober pauses "
+            f"{cfg.get('poll_interval', 0.005):g} s after each read)"
         )
         rows = [
             [
@@ -1291,6 +1303,12 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         help="Spark's maxOffsetsPerTrigger for fs-dagster (default: --events / 8)",
     )
     parser.add_argument("--sample-every", type=int, default=default.sample_every)
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=default.poll_interval,
+        help="seconds the prober pauses between two reads of the store",
+    )
     parser.add_argument("--master", default=default.master, help="Spark master")
     parser.add_argument(
         "--timeout", type=float, default=default.run_timeout, help="limit of each run in seconds"
@@ -1327,6 +1345,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         baseline_events=args.baseline_events,
         max_offsets_per_trigger=args.max_offsets_per_trigger or max(1, math.ceil(args.events / 8)),
         sample_every=args.sample_every,
+        poll_interval=args.poll_interval,
         master=args.master,
         run_timeout=args.timeout,
         drain_timeout=args.drain_timeout,
