@@ -1673,6 +1673,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         help="fresh: seconds the prober pauses after each read of the store",
     )
     args = parser.parse_args(argv)
+    if args.poll_interval < 0:
+        parser.error("--poll-interval: a pause cannot be negative")
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = sorted(set(only) - set(SCENARIOS))
     if unknown:

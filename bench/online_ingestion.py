@@ -1332,6 +1332,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     intervals = tuple(float(v) for v in args.intervals.split(",") if v.strip())
     if args.events < 1 or args.keys < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("--events, --keys, --rate and --seconds must be positive")
+    if args.poll_interval < 0:
+        parser.error("--poll-interval: a pause cannot be negative")
     kafka_port = os.environ.get("FS_KAFKA_PORT", "").strip() or "9092"
     cassandra_port = os.environ.get("FS_CASSANDRA_PORT", "").strip() or "9042"
     return BenchConfig(
