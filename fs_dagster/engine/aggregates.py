@@ -302,19 +302,20 @@ def encode_partials(partials: DataFrame, plan: AggregationPlan) -> DataFrame:
         ]
     )
 
-    def encode(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+    def encode(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         for batch in batches:
-            records: list[dict[str, Any]] = batch.to_dict("records")  # type: ignore[assignment]
-            yield pd.DataFrame(
-                {
-                    **{k: batch[k] for k in keys},
-                    _RES: batch[_RES].astype("int64"),
-                    _TILE: batch[_TILE].astype("int64"),
-                    "state": [state_json(r, states) for r in records],
-                }
+            texts = [_state_text(state) for state in partial_states(batch, states)]
+            yield pa.RecordBatch.from_arrays(
+                [
+                    *[batch.column(k) for k in keys],
+                    batch.column(_RES).cast(pa.int64()),
+                    batch.column(_TILE).cast(pa.int64()),
+                    pa.array(texts, pa.string()),
+                ],
+                names=[*keys, _RES, _TILE, "state"],
             )
 
-    return partials.mapInPandas(encode, schema=schema)  # type: ignore[arg-type]
+    return partials.mapInArrow(encode, schema=schema)  # type: ignore[arg-type]
 
 
 #: :class:`TileWriter` merges a batch in the driver when the batch before it had at most
@@ -463,23 +464,9 @@ def write_partials(
     )
 
 
-def state_json(row: Mapping[str, Any], states: Sequence[StateSpec]) -> str:
-    """:func:`partial_state` as the JSON text the tile tables keep."""
-    return _state_text(partial_state(row, states))
-
-
-def partial_state(row: Mapping[str, Any], states: Sequence[StateSpec]) -> dict[str, Any]:
-    """The tile state of one partial row computed by :func:`tile_partials`."""
-    state: dict[str, Any] = {}
-    for spec in states:
-        value = _state_value(spec, _plain(row[_partial_column(spec.key)]))
-        if value is not None:
-            state[spec.key] = value
-    return state
-
-
 def partial_states(batch: pa.RecordBatch, states: Sequence[StateSpec]) -> list[dict[str, Any]]:
-    """:func:`partial_state` of every row of ``batch``, a column at a time."""
+    """The tile state of every partial row of ``batch`` (rows of :func:`tile_partials`),
+    built a column at a time."""
     result: list[dict[str, Any]] = [{} for _ in range(batch.num_rows)]
     for spec in states:
         key = spec.key
@@ -526,7 +513,7 @@ def apply_partials(
     overwrite_at: int | None = None,
 ) -> int:
     """Merge partial tiles ``(key, resolution, tile start, state)`` (a state as
-    :func:`partial_state` gives it) into the stored tiles and write full states at
+    :func:`partial_states` gives it) into the stored tiles and write full states at
     ``version``.
 
     Tiles already at ``version`` (written before a crash) are skipped: replay-safe.
